@@ -1,0 +1,48 @@
+//! Errors a user can cause or meet, each with a message that says what and
+//! where, so that the front ends print one clear sentence.
+
+use std::path::{Path, PathBuf};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading or writing a file failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A config file (experiment TOML or a model's `config.json`) is invalid.
+    #[error("{}: {message}", path.display())]
+    Config { path: PathBuf, message: String },
+    /// A checkpoint does not fit the model: a missing tensor, another
+    /// shape or another dtype, or a file that is not safetensors.
+    #[error("{}: {message}", path.display())]
+    Checkpoint { path: PathBuf, message: String },
+    /// A bad argument to a library call (a shape, a token id, an option).
+    #[error("{0}")]
+    Invalid(String),
+    /// A tensor operation failed inside candle.
+    #[error("tensor error: {0}")]
+    Candle(#[from] candle_core::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl Error {
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    pub fn checkpoint(path: &Path, message: impl Into<String>) -> Self {
+        Error::Checkpoint {
+            path: path.to_path_buf(),
+            message: message.into(),
+        }
+    }
+}

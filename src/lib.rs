@@ -1,0 +1,10 @@
+//! `t5-tui`: train and fine-tune T5 models from a terminal UI or the command
+//! line. The library holds everything but the front ends: the model, the
+//! data pipeline, the trainer and the run store; the TUI and the headless
+//! CLI both drive it.
+
+pub mod error;
+pub mod fsutil;
+pub mod model;
+
+pub use error::{Error, Result};

@@ -1,0 +1,1 @@
+//! Generation: greedy, beam search and sampling over the decoder cache.

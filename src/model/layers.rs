@@ -1,0 +1,234 @@
+//! The parts of a T5 layer: linear maps, RMS norm, attention with relative
+//! position bias, the feed-forward blocks, and the dropout they share.
+
+use candle_core::{DType, Device, Module, Tensor, D};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::error::Result;
+
+/// Whether a forward pass trains (dropout on, drawn from a seeded RNG that a
+/// checkpoint can save) or evaluates (dropout off).
+pub struct ForwardMode {
+    rng: Option<ChaCha8Rng>,
+}
+
+impl ForwardMode {
+    pub fn eval() -> Self {
+        Self { rng: None }
+    }
+
+    pub fn train(rng: ChaCha8Rng) -> Self {
+        Self { rng: Some(rng) }
+    }
+
+    pub fn is_train(&self) -> bool {
+        self.rng.is_some()
+    }
+
+    /// The RNG state, to save with a checkpoint.
+    pub fn rng(&self) -> Option<&ChaCha8Rng> {
+        self.rng.as_ref()
+    }
+
+    /// Inverted dropout: zero each element with probability `p`, scale the
+    /// rest by `1 / (1 - p)`. The mask is drawn on the host from the seeded
+    /// RNG, because candle's CPU device cannot be seeded: a run with the
+    /// same seed drops the same units on any device.
+    pub fn dropout(&mut self, xs: &Tensor, p: f64) -> Result<Tensor> {
+        let Some(rng) = self.rng.as_mut() else {
+            return Ok(xs.clone());
+        };
+        if p <= 0.0 {
+            return Ok(xs.clone());
+        }
+        let scale = (1.0 / (1.0 - p)) as f32;
+        let p = p as f32;
+        let n = xs.elem_count();
+        let mask: Vec<f32> = (0..n)
+            .map(|_| if rng.random::<f32>() < p { 0.0 } else { scale })
+            .collect();
+        let mask = Tensor::from_vec(mask, xs.shape(), &Device::Cpu)?
+            .to_device(xs.device())?
+            .to_dtype(xs.dtype())?;
+        Ok(xs.mul(&mask)?)
+    }
+}
+
+/// A bias-free linear map `y = x Wᵀ` with `W: [out, in]`, as all of T5's.
+///
+/// The input is flattened to 2-D first: a 3-D matmul against a weight
+/// broadcast over the batch makes the backward pass build one weight
+/// gradient per batch element and sum them, which is slower and bigger.
+#[derive(Clone)]
+pub struct Linear {
+    pub weight: Tensor,
+}
+
+impl Linear {
+    pub fn new(weight: Tensor) -> Self {
+        Self { weight }
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        let dims = xs.dims();
+        let inner = dims[dims.len() - 1];
+        let rows = xs.elem_count() / inner;
+        let out = self.weight.dim(0)?;
+        let y = xs.reshape((rows, inner))?.matmul(&self.weight.t()?)?;
+        let mut shape = dims.to_vec();
+        *shape.last_mut().expect("a tensor with at least one dim") = out;
+        y.reshape(shape)
+    }
+}
+
+/// T5's layer norm: scale by the root mean square, no mean subtraction and
+/// no bias. Computed in f32 whatever the compute dtype, as `transformers`.
+#[derive(Clone)]
+pub struct RmsNorm {
+    pub weight: Tensor,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let dtype = xs.dtype();
+        let x32 = xs.to_dtype(DType::F32)?;
+        let var = x32.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = x32.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        let normed = normed.to_dtype(self.weight.dtype())?;
+        Ok(normed.broadcast_mul(&self.weight)?.to_dtype(dtype)?)
+    }
+}
+
+/// The feed-forward block: v1.0's ReLU or v1.1's gated GELU.
+#[derive(Clone)]
+pub enum FeedForwardBlock {
+    Relu { wi: Linear, wo: Linear },
+    GatedGelu { wi_0: Linear, wi_1: Linear, wo: Linear },
+}
+
+impl FeedForwardBlock {
+    pub fn forward(&self, xs: &Tensor, dropout: f64, mode: &mut ForwardMode) -> Result<Tensor> {
+        match self {
+            FeedForwardBlock::Relu { wi, wo } => {
+                let h = wi.forward(xs)?.relu()?;
+                let h = mode.dropout(&h, dropout)?;
+                Ok(wo.forward(&h)?)
+            }
+            FeedForwardBlock::GatedGelu { wi_0, wi_1, wo } => {
+                // `gelu` in candle is the tanh approximation, T5's `gelu_new`.
+                let gate = wi_0.forward(xs)?.gelu()?;
+                let h = gate.mul(&wi_1.forward(xs)?)?;
+                let h = mode.dropout(&h, dropout)?;
+                Ok(wo.forward(&h)?)
+            }
+        }
+    }
+}
+
+/// Keys and values of one attention layer, kept between decoding steps.
+#[derive(Clone)]
+pub struct KvCache {
+    pub k: Tensor,
+    pub v: Tensor,
+}
+
+impl KvCache {
+    pub fn len(&self) -> usize {
+        self.k.dim(2).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Keeps the rows of `indices` (a u32 tensor), in that order: the
+    /// cache follows the beams that survive a beam-search step.
+    pub fn select(&self, indices: &Tensor) -> Result<Self> {
+        Ok(Self {
+            k: self.k.index_select(indices, 0)?,
+            v: self.v.index_select(indices, 0)?,
+        })
+    }
+}
+
+/// Multi-head attention without the `1/sqrt(d_kv)` scaling: T5 folds it
+/// into the initialisation of the query weights.
+#[derive(Clone)]
+pub struct Attention {
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
+    pub num_heads: usize,
+    pub d_kv: usize,
+}
+
+impl Attention {
+    /// `[b, s, h*d] -> [b, h, s, d]`
+    fn split_heads(&self, xs: &Tensor) -> Result<Tensor> {
+        let (b, s, _) = xs.dims3()?;
+        Ok(xs
+            .reshape((b, s, self.num_heads, self.d_kv))?
+            .transpose(1, 2)?
+            .contiguous()?)
+    }
+
+    /// Keys and values of `source` (the encoder output, for cross-attention).
+    pub fn project_kv(&self, source: &Tensor) -> Result<KvCache> {
+        Ok(KvCache {
+            k: self.split_heads(&self.k.forward(source)?)?,
+            v: self.split_heads(&self.v.forward(source)?)?,
+        })
+    }
+
+    /// Attention of `xs` over `kv` (self-attention when `kv` is `None`).
+    ///
+    /// `bias` is added to the scores: the relative position bias and the
+    /// mask together, `[1 or b, h or 1, q, k]`. With `cache`, self-attention
+    /// appends this step's keys and values to it and attends over all.
+    pub fn forward(
+        &self,
+        xs: &Tensor,
+        kv: Option<&KvCache>,
+        bias: &Tensor,
+        cache: Option<&mut Option<KvCache>>,
+        dropout: f64,
+        mode: &mut ForwardMode,
+    ) -> Result<Tensor> {
+        let (b, s, _) = xs.dims3()?;
+        let q = self.split_heads(&self.q.forward(xs)?)?;
+        let own;
+        let kv = match kv {
+            Some(kv) => kv,
+            None => {
+                let mut fresh = self.project_kv(xs)?;
+                if let Some(cache) = cache {
+                    if let Some(past) = cache.as_ref() {
+                        fresh = KvCache {
+                            k: Tensor::cat(&[&past.k, &fresh.k], 2)?,
+                            v: Tensor::cat(&[&past.v, &fresh.v], 2)?,
+                        };
+                    }
+                    *cache = Some(fresh.clone());
+                }
+                own = fresh;
+                &own
+            }
+        };
+        let scores = q.matmul(&kv.k.t()?)?;
+        let scores = scores.broadcast_add(bias)?;
+        let dtype = scores.dtype();
+        let weights = candle_nn::ops::softmax(&scores.to_dtype(DType::F32)?, D::Minus1)?
+            .to_dtype(dtype)?;
+        let weights = mode.dropout(&weights, dropout)?;
+        let out = weights.matmul(&kv.v)?;
+        let out = out
+            .transpose(1, 2)?
+            .reshape((b, s, self.num_heads * self.d_kv))?;
+        Ok(self.o.forward(&out)?)
+    }
+}
