@@ -186,10 +186,19 @@ impl T5Config {
     /// Reads a Hugging Face `config.json`.
     pub fn from_json_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let cfg: T5Config = serde_json::from_str(&text).map_err(|e| Error::Config {
+        let bad = |message: String| Error::Config {
             path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+            message,
+        };
+        let raw: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON ({e})")))?;
+        let mut cfg: T5Config =
+            serde_json::from_value(raw.clone()).map_err(|e| bad(e.to_string()))?;
+        // transformers 5 always writes `tie_word_embeddings: true` and keeps
+        // the v1.0/v1.1 difference in `scale_decoder_outputs`.
+        if raw.get("scale_decoder_outputs") == Some(&serde_json::Value::Bool(false)) {
+            cfg.tie_word_embeddings = false;
+        }
         cfg.validate().map_err(|message| Error::Config {
             path: path.to_path_buf(),
             message,
@@ -218,6 +227,10 @@ impl T5Config {
             map.insert("is_encoder_decoder".into(), serde_json::json!(true));
             map.insert("use_cache".into(), serde_json::json!(true));
             map.insert("dense_act_fn".into(), serde_json::json!(self.act_name()));
+            map.insert(
+                "scale_decoder_outputs".into(),
+                serde_json::json!(self.tie_word_embeddings),
+            );
             map.insert(
                 "is_gated_act".into(),
                 serde_json::json!(self.feed_forward_proj.is_gated()),

@@ -145,6 +145,51 @@ impl T5 {
         })
     }
 
+    /// Loads a Hugging Face T5 folder: `config.json` and `model.safetensors`.
+    pub fn load_hf_dir(dir: &std::path::Path, device: &Device) -> Result<Self> {
+        let cfg = T5Config::from_json_file(&dir.join("config.json"))?;
+        Self::load_safetensors(&cfg, &dir.join("model.safetensors"), device)
+    }
+
+    /// Loads the weights of a model of shape `cfg` from a safetensors file.
+    /// Every tensor must be there with the right shape, and the file must
+    /// hold no tensor the model does not use (the sign of another shape).
+    pub fn load_safetensors(cfg: &T5Config, path: &std::path::Path, device: &Device) -> Result<Self> {
+        let mut source = SafetensorsSource::open(path)?;
+        let model = Self::build(cfg, &mut source, device, DType::F32)?;
+        let unused = source.unused(model.params());
+        if let Some(first) = unused.first() {
+            return Err(Error::checkpoint(
+                path,
+                format!(
+                    "tensor `{first}` (and {} more) is not part of a model of this config ({} encoder / {} decoder layers, feed_forward_proj {}, tie_word_embeddings {}): the checkpoint is of another model shape",
+                    unused.len() - 1,
+                    cfg.num_layers,
+                    cfg.decoder_layers(),
+                    cfg.feed_forward_proj.as_str(),
+                    cfg.tie_word_embeddings
+                ),
+            ));
+        }
+        Ok(model)
+    }
+
+    /// The parameters by Hugging Face name, as saved.
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        self.params()
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().detach()))
+            .collect()
+    }
+
+    /// Saves `config.json` and `model.safetensors` (f32) into `dir`, the
+    /// layout `transformers`' `from_pretrained` reads.
+    pub fn save_hf_dir(&self, dir: &std::path::Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        weights::save_safetensors(&self.named_tensors(), DType::F32, &dir.join("model.safetensors"))?;
+        self.cfg.write_json_file(&dir.join("config.json"))
+    }
+
     pub fn config(&self) -> &T5Config {
         &self.cfg
     }
