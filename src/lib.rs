@@ -3,6 +3,7 @@
 //! data pipeline, the trainer and the run store; the TUI and the headless
 //! CLI both drive it.
 
+pub mod data;
 pub mod error;
 pub mod fsutil;
 pub mod model;

@@ -1,0 +1,9 @@
+//! Everything between a user's raw text and the batches the trainer
+//! consumes: sources, cleaning, the tokenizer, the objectives (span
+//! corruption, text-to-text), the record stream and batching.
+
+pub mod batch;
+pub mod clean;
+pub mod demo;
+pub mod source;
+pub mod stream;
