@@ -1,0 +1,172 @@
+//! The messages between the training worker and its front ends: events out
+//! (one a line in a run's `events.jsonl`), controls in. Plain data only,
+//! so that they serialize as they are.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Who changed the learning rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LrSource {
+    User,
+    Schedule,
+}
+
+/// Why a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// It reached its configured number of steps.
+    Completed,
+    /// Someone stopped it (the stop control, Ctrl-C, SIGTERM).
+    Stopped,
+}
+
+/// What the worker reports, in order. Each event carries the wall-clock
+/// time it happened (seconds since the Unix epoch).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum TrainEvent {
+    Started {
+        run: String,
+        params: usize,
+        device: String,
+        tokens_per_step: usize,
+        /// The step it starts from: 0, or a checkpoint's step on resume.
+        step: u64,
+        resumed: bool,
+        time: f64,
+    },
+    Step {
+        step: u64,
+        tokens_seen: u64,
+        loss: f64,
+        lr: f64,
+        grad_norm: f64,
+        tokens_per_sec: f64,
+        /// Seconds of training in this run, resumes included.
+        elapsed: f64,
+        time: f64,
+    },
+    Eval {
+        step: u64,
+        loss: f64,
+        perplexity: f64,
+        /// Token accuracy, and the task's metrics (exact match, BLEU, chrF…).
+        metrics: BTreeMap<String, f64>,
+        time: f64,
+    },
+    Sample {
+        step: u64,
+        input: String,
+        target: String,
+        output: String,
+        time: f64,
+    },
+    LrChanged {
+        step: u64,
+        from: f64,
+        to: f64,
+        by: LrSource,
+        time: f64,
+    },
+    Checkpoint {
+        step: u64,
+        path: PathBuf,
+        time: f64,
+    },
+    Paused {
+        step: u64,
+        reason: String,
+        time: f64,
+    },
+    Resumed {
+        step: u64,
+        time: f64,
+    },
+    Warning {
+        step: u64,
+        message: String,
+        time: f64,
+    },
+    Finished {
+        step: u64,
+        reason: FinishReason,
+        time: f64,
+    },
+    Failed {
+        step: u64,
+        error: String,
+        time: f64,
+    },
+}
+
+impl TrainEvent {
+    /// Ends the run's life in this process.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, TrainEvent::Finished { .. } | TrainEvent::Failed { .. })
+    }
+
+    pub fn step(&self) -> Option<u64> {
+        match self {
+            TrainEvent::Started { step, .. }
+            | TrainEvent::Step { step, .. }
+            | TrainEvent::Eval { step, .. }
+            | TrainEvent::Sample { step, .. }
+            | TrainEvent::LrChanged { step, .. }
+            | TrainEvent::Checkpoint { step, .. }
+            | TrainEvent::Paused { step, .. }
+            | TrainEvent::Resumed { step, .. }
+            | TrainEvent::Warning { step, .. }
+            | TrainEvent::Finished { step, .. }
+            | TrainEvent::Failed { step, .. } => Some(*step),
+        }
+    }
+}
+
+/// What a front end can ask of a running worker. Each takes effect at the
+/// next step boundary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "control", rename_all = "snake_case")]
+pub enum Control {
+    /// Set the learning rate now; the schedule is rescaled from here on.
+    SetLr { lr: f64 },
+    /// Multiply the learning rate (and the rest of the schedule).
+    ScaleLr { factor: f64 },
+    Pause,
+    Resume,
+    SampleNow,
+    CheckpointNow,
+    /// Finish the current step, checkpoint, report finished.
+    Stop,
+}
+
+/// Seconds since the Unix epoch, for event times.
+pub fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_one_json_object_a_line() {
+        let e = TrainEvent::LrChanged {
+            step: 7,
+            from: 1e-3,
+            to: 2e-3,
+            by: LrSource::User,
+            time: 1.5,
+        };
+        let line = serde_json::to_string(&e).unwrap();
+        assert!(!line.contains('\n'));
+        assert!(line.starts_with("{\"event\":\"lr_changed\""), "{line}");
+        assert_eq!(serde_json::from_str::<TrainEvent>(&line).unwrap(), e);
+    }
+}
