@@ -64,7 +64,9 @@ fn run_batch(model: &T5, io: &HashMap<String, Tensor>) -> Outputs {
             &mut mode,
         )
         .unwrap();
-    let loss = cross_entropy(&logits, &io["labels"], None, 0.0).unwrap().loss;
+    let loss = cross_entropy(&logits, &io["labels"], None, 0.0)
+        .unwrap()
+        .loss;
     Outputs { logits, loss }
 }
 
@@ -75,7 +77,10 @@ fn check_forward_and_gradients(variant: &str) {
     let out = run_batch(&model, &io);
 
     let logit_diff = max_abs_diff(&out.logits, &io["logits"]);
-    assert!(logit_diff < 1e-4, "{variant}: logits differ by {logit_diff}");
+    assert!(
+        logit_diff < 1e-4,
+        "{variant}: logits differ by {logit_diff}"
+    );
     let loss = out.loss.to_scalar::<f32>().unwrap();
     let hf_loss = io["loss"].to_vec1::<f32>().unwrap()[0];
     assert!(
@@ -164,7 +169,10 @@ fn check_generation(variant: &str) {
             assert_eq!(&got[0], expected, "{variant}: greedy, cache {use_cache}");
         }
         let batched = generate(&model, &gens.prompts, &opts).unwrap();
-        assert_eq!(batched, gens.greedy_batched, "{variant}: batched greedy, cache {use_cache}");
+        assert_eq!(
+            batched, gens.greedy_batched,
+            "{variant}: batched greedy, cache {use_cache}"
+        );
         for run in &gens.beam {
             let opts = GenerateOptions {
                 max_new_tokens: gens.max_new_tokens,
@@ -172,7 +180,11 @@ fn check_generation(variant: &str) {
                 use_cache,
             };
             let got = generate(&model, &gens.prompts, &opts).unwrap();
-            assert_eq!(got, run.outputs, "{variant}: beam {}, cache {use_cache}", run.settings);
+            assert_eq!(
+                got, run.outputs,
+                "{variant}: beam {}, cache {use_cache}",
+                run.settings
+            );
         }
     }
 }
@@ -217,18 +229,39 @@ fn check_rust_export(name: &str, tie: bool) {
     let dir = fixture_dir(name);
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("hf_check.json")).unwrap()).unwrap();
-    for key in ["missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"] {
-        assert_eq!(report[key], serde_json::json!([]), "{name}: transformers reported {key}");
+    for key in [
+        "missing_keys",
+        "unexpected_keys",
+        "mismatched_keys",
+        "error_msgs",
+    ] {
+        assert_eq!(
+            report[key],
+            serde_json::json!([]),
+            "{name}: transformers reported {key}"
+        );
     }
-    assert_eq!(report["head_tied"], serde_json::json!(tie), "{name}: head tying");
+    assert_eq!(
+        report["head_tied"],
+        serde_json::json!(tie),
+        "{name}: head tying"
+    );
     assert_eq!(report["scale_decoder_outputs"], serde_json::json!(tie));
 
     let cfg = export_config(tie);
     let fresh = T5::new_random(&cfg, EXPORT_SEED, &Device::Cpu).unwrap();
     let saved = T5::load_hf_dir(&dir, &Device::Cpu).unwrap();
-    for ((n1, a), (n2, b)) in fresh.named_tensors().iter().zip(saved.named_tensors().iter()) {
+    for ((n1, a), (n2, b)) in fresh
+        .named_tensors()
+        .iter()
+        .zip(saved.named_tensors().iter())
+    {
         assert_eq!(n1, n2);
-        assert_eq!(max_abs_diff(a, b), 0.0, "{name}: {n1} is not what init + save give");
+        assert_eq!(
+            max_abs_diff(a, b),
+            0.0,
+            "{name}: {n1} is not what init + save give"
+        );
     }
 
     let io = load_io(&fixture_dir("v1_1"));
@@ -236,7 +269,10 @@ fn check_rust_export(name: &str, tie: bool) {
         candle_core::safetensors::load(dir.join("hf_check.safetensors"), &Device::Cpu).unwrap();
     let out = run_batch(&saved, &io);
     let diff = max_abs_diff(&out.logits, &hf["logits"]);
-    assert!(diff < 1e-4, "{name}: logits differ from transformers' by {diff}");
+    assert!(
+        diff < 1e-4,
+        "{name}: logits differ from transformers' by {diff}"
+    );
 }
 
 #[test]

@@ -28,10 +28,18 @@ fn parameter_counts_match_transformers() {
         // Fields the counts depend on are given; the rest take T5's defaults.
         let cfg: T5Config = serde_json::from_value(shape.take()).unwrap();
         let expected = entry["num_parameters"].as_u64().unwrap() as usize;
-        assert_eq!(cfg.num_parameters(), expected, "{name}: counted from the config");
+        assert_eq!(
+            cfg.num_parameters(),
+            expected,
+            "{name}: counted from the config"
+        );
         if expected < 1_000_000 {
             let model = T5::new_random(&cfg, 0, &Device::Cpu).unwrap();
-            assert_eq!(model.num_parameters(), expected, "{name}: counted in the model");
+            assert_eq!(
+                model.num_parameters(),
+                expected,
+                "{name}: counted in the model"
+            );
         }
     }
 }
@@ -214,9 +222,9 @@ fn write_checkpoint(dir: &Path, cfg: &T5Config, tensors: &[(String, Tensor)]) {
 fn load_error(dir: &Path) -> String {
     match T5::load_hf_dir(dir, &Device::Cpu) {
         Ok(_) => panic!("{} loaded", dir.display()),
-        Err(e @ Error::Checkpoint { .. }) | Err(e @ Error::Config { .. }) | Err(e @ Error::Io { .. }) => {
-            e.to_string()
-        }
+        Err(e @ Error::Checkpoint { .. })
+        | Err(e @ Error::Config { .. })
+        | Err(e @ Error::Io { .. }) => e.to_string(),
         Err(e) => panic!("unexpected kind of error: {e}"),
     }
 }
@@ -237,7 +245,10 @@ fn checkpoints_that_do_not_fit_give_clear_errors() {
     let msg = load_error(&dir);
     assert!(msg.contains("model.safetensors"), "{msg}");
     assert!(msg.contains("DenseReluDense.wi_0.weight"), "{msg}");
-    assert!(msg.contains("[48, 32]") && msg.contains("[40, 32]"), "{msg}");
+    assert!(
+        msg.contains("[48, 32]") && msg.contains("[40, 32]"),
+        "{msg}"
+    );
 
     // A missing tensor.
     let dir = tmp.path().join("missing");
@@ -248,7 +259,10 @@ fn checkpoints_that_do_not_fit_give_clear_errors() {
         .collect();
     write_checkpoint(&dir, &cfg, &missing);
     let msg = load_error(&dir);
-    assert!(msg.contains("`decoder.block.2.layer.1.EncDecAttention.v.weight` is missing"), "{msg}");
+    assert!(
+        msg.contains("`decoder.block.2.layer.1.EncDecAttention.v.weight` is missing"),
+        "{msg}"
+    );
 
     // A wrong dtype.
     let dir = tmp.path().join("dtype");
@@ -265,13 +279,22 @@ fn checkpoints_that_do_not_fit_give_clear_errors() {
         .collect();
     write_checkpoint(&dir, &cfg, &ints);
     let msg = load_error(&dir);
-    assert!(msg.contains("encoder.final_layer_norm.weight") && msg.contains("I64"), "{msg}");
+    assert!(
+        msg.contains("encoder.final_layer_norm.weight") && msg.contains("I64"),
+        "{msg}"
+    );
 
     // More layers in the file than in the config.
     let mut deeper = cfg.clone();
     deeper.num_layers = 3;
     let dir = tmp.path().join("deeper");
-    write_checkpoint(&dir, &cfg, &T5::new_random(&deeper, 4, &Device::Cpu).unwrap().named_tensors());
+    write_checkpoint(
+        &dir,
+        &cfg,
+        &T5::new_random(&deeper, 4, &Device::Cpu)
+            .unwrap()
+            .named_tensors(),
+    );
     let msg = load_error(&dir);
     assert!(msg.contains("encoder.block.2"), "{msg}");
 

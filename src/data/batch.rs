@@ -190,10 +190,30 @@ mod tests {
         );
         assert_eq!((b.input_tokens, b.target_tokens), (6, 5));
 
-        let fixed = collate(&ex, 0, 0, Padding::Fixed { input: 6, target: 4 }, &Device::Cpu).unwrap();
+        let fixed = collate(
+            &ex,
+            0,
+            0,
+            Padding::Fixed {
+                input: 6,
+                target: 4,
+            },
+            &Device::Cpu,
+        )
+        .unwrap();
         assert_eq!(fixed.input_ids.dims(), &[2, 6]);
         assert_eq!(fixed.labels.dims(), &[2, 4]);
-        assert!(collate(&ex, 0, 0, Padding::Fixed { input: 3, target: 4 }, &Device::Cpu).is_err());
+        assert!(collate(
+            &ex,
+            0,
+            0,
+            Padding::Fixed {
+                input: 3,
+                target: 4
+            },
+            &Device::Cpu
+        )
+        .is_err());
     }
 
     #[test]

@@ -77,13 +77,22 @@ impl CleanReport {
         vec![
             ("records read".into(), self.records_in),
             ("NFKC changed (kept)".into(), self.nfkc_changed),
-            ("control characters removed (kept)".into(), self.control_chars_removed),
-            ("whitespace collapsed (kept)".into(), self.whitespace_collapsed),
+            (
+                "control characters removed (kept)".into(),
+                self.control_chars_removed,
+            ),
+            (
+                "whitespace collapsed (kept)".into(),
+                self.whitespace_collapsed,
+            ),
             ("dropped: empty".into(), self.dropped_empty),
             ("dropped: too short".into(), self.dropped_too_short),
             ("dropped: too long".into(), self.dropped_too_long),
             ("dropped: exact duplicate".into(), self.dropped_duplicate),
-            ("dropped: near duplicate".into(), self.dropped_near_duplicate),
+            (
+                "dropped: near duplicate".into(),
+                self.dropped_near_duplicate,
+            ),
             ("records kept".into(), self.records_out),
         ]
     }
@@ -219,15 +228,15 @@ mod tests {
             ..CleanOptions::default()
         });
         let input = [
-            "Ｆｕｌｌ width １２３",          // NFKC -> "Full width 123"
-            "tabs\tand  \n spaces",          // whitespace
-            "bell\u{7}char",                 // control
-            "   ",                           // empty
-            "ab",                            // too short
+            "Ｆｕｌｌ width １２３",            // NFKC -> "Full width 123"
+            "tabs\tand  \n spaces",             // whitespace
+            "bell\u{7}char",                    // control
+            "   ",                              // empty
+            "ab",                               // too short
             "this one is far too long to keep", // too long
-            "Full width 123",                // duplicate of the first after NFKC
-            "full WIDTH, 456!",              // near duplicate
-            "日本語の文です",                // kept
+            "Full width 123",                   // duplicate of the first after NFKC
+            "full WIDTH, 456!",                 // near duplicate
+            "日本語の文です",                   // kept
         ];
         let kept: Vec<Record> = input
             .iter()

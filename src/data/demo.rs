@@ -48,9 +48,7 @@ pub fn pretraining_records() -> impl Iterator<Item = Record> {
 /// The translation task: English input, Japanese target (the task prefix
 /// is added by the text-to-text objective).
 pub fn translation_records() -> impl Iterator<Item = Record> {
-    pairs()
-        .iter()
-        .map(|p| Record::pair(p.english, p.japanese))
+    pairs().iter().map(|p| Record::pair(p.english, p.japanese))
 }
 
 #[cfg(test)]

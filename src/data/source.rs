@@ -405,7 +405,11 @@ fn parse_json_line(
 mod tests {
     use super::*;
 
-    fn read_all(path: &Path, format: Format, opts: ReadOptions) -> Result<(Vec<Record>, ReadStats)> {
+    fn read_all(
+        path: &Path,
+        format: Format,
+        opts: ReadOptions,
+    ) -> Result<(Vec<Record>, ReadStats)> {
         let mut r = SourceReader::new(
             &[Source {
                 path: path.to_path_buf(),
@@ -453,7 +457,10 @@ mod tests {
         let (recs, _) = read_all(&tsv, Format::Tsv, ReadOptions::default()).unwrap();
         assert_eq!(
             recs,
-            vec![Record::pair("hello", "bonjour"), Record::pair("cat", "chat\tfelin")]
+            vec![
+                Record::pair("hello", "bonjour"),
+                Record::pair("cat", "chat\tfelin")
+            ]
         );
 
         let jsonl = dir.path().join("d.jsonl");
@@ -462,7 +469,12 @@ mod tests {
             "{\"text\": \"a doc\"}\n{\"input\": \"q\", \"target\": \"a\"}\n",
         )
         .unwrap();
-        let (recs, _) = read_all(&jsonl, Source::from_path(&jsonl).format, ReadOptions::default()).unwrap();
+        let (recs, _) = read_all(
+            &jsonl,
+            Source::from_path(&jsonl).format,
+            ReadOptions::default(),
+        )
+        .unwrap();
         assert_eq!(recs, vec![Record::text("a doc"), Record::pair("q", "a")]);
     }
 
@@ -486,7 +498,10 @@ mod tests {
         assert_eq!(recs, vec![Record::text("fine"), Record::text("last")]);
         assert_eq!(stats.bad_utf8_lines, 1);
         assert_eq!(stats.too_long_lines, 1);
-        assert!(stats.first_bad.unwrap().contains("bad.txt:2: not valid UTF-8"));
+        assert!(stats
+            .first_bad
+            .unwrap()
+            .contains("bad.txt:2: not valid UTF-8"));
 
         let opts = ReadOptions {
             on_bad_line: OnBadLine::Fail,
@@ -508,15 +523,23 @@ mod tests {
 
         let jsonl = dir.path().join("d.jsonl");
         std::fs::write(&jsonl, "{\"text\": \"ok\"}\n{not json\n").unwrap();
-        let err = read_all(&jsonl, Source::from_path(&jsonl).format, ReadOptions::default())
-            .unwrap_err()
-            .to_string();
+        let err = read_all(
+            &jsonl,
+            Source::from_path(&jsonl).format,
+            ReadOptions::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("d.jsonl:2: not valid JSON"), "{err}");
 
         let missing = dir.path().join("nope.txt");
-        let err = read_all(&missing, Source::from_path(&missing).format, ReadOptions::default())
-            .unwrap_err()
-            .to_string();
+        let err = read_all(
+            &missing,
+            Source::from_path(&missing).format,
+            ReadOptions::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("nope.txt"), "{err}");
     }
 
@@ -528,8 +551,16 @@ mod tests {
         std::fs::write(dir.path().join("a.txt"), "a\n").unwrap();
         std::fs::write(dir.path().join("sub/c.txt"), "c\n").unwrap();
         std::fs::write(dir.path().join(".hidden"), "h\n").unwrap();
-        let (recs, stats) = read_all(dir.path(), Source::from_path("x.txt").format, ReadOptions::default()).unwrap();
-        assert_eq!(recs, vec![Record::text("a"), Record::text("b"), Record::text("c")]);
+        let (recs, stats) = read_all(
+            dir.path(),
+            Source::from_path("x.txt").format,
+            ReadOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            recs,
+            vec![Record::text("a"), Record::text("b"), Record::text("c")]
+        );
         assert_eq!(stats.files, 3);
     }
 }

@@ -229,7 +229,8 @@ mod tests {
         let p = dir.path().join("r.jsonl");
         write_records(&p, 200);
         let all = |split| {
-            let mut s = RecordStream::open(&p, opts(split, false), StreamPosition::default()).unwrap();
+            let mut s =
+                RecordStream::open(&p, opts(split, false), StreamPosition::default()).unwrap();
             let mut v = Vec::new();
             while let Some(r) = s.next_record().unwrap() {
                 v.push(r);
@@ -239,7 +240,11 @@ mod tests {
         let train = all(Split::Train);
         let val = all(Split::Validation);
         assert_eq!(train.len() + val.len(), 200);
-        assert!(!val.is_empty() && val.len() < 50, "{} validation records", val.len());
+        assert!(
+            !val.is_empty() && val.len() < 50,
+            "{} validation records",
+            val.len()
+        );
         assert!(val.iter().all(|r| !train.contains(r)));
     }
 
@@ -248,11 +253,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("r.jsonl");
         write_records(&p, 100);
-        let mut a = RecordStream::open(&p, opts(Split::Train, true), StreamPosition::default()).unwrap();
+        let mut a =
+            RecordStream::open(&p, opts(Split::Train, true), StreamPosition::default()).unwrap();
         let first = take(&mut a, 37);
         let pos = a.position();
         let rest = take(&mut a, 150); // crosses an epoch boundary
-        let mut b = RecordStream::open(&p, opts(Split::Train, true), StreamPosition::default()).unwrap();
+        let mut b =
+            RecordStream::open(&p, opts(Split::Train, true), StreamPosition::default()).unwrap();
         assert_eq!(take(&mut b, 37), first, "same seed, same order");
         let mut resumed = RecordStream::open(&p, opts(Split::Train, true), pos).unwrap();
         assert_eq!(take(&mut resumed, 150), rest, "resumed where it stopped");

@@ -130,7 +130,10 @@ impl T5Config {
             ("num_layers", self.num_layers),
             ("num_decoder_layers", self.decoder_layers()),
             ("num_heads", self.num_heads),
-            ("relative_attention_num_buckets", self.relative_attention_num_buckets),
+            (
+                "relative_attention_num_buckets",
+                self.relative_attention_num_buckets,
+            ),
         ];
         for (name, v) in positive {
             if v == 0 {

@@ -114,7 +114,11 @@ fn pad_batch(prompts: &[Vec<u32>], pad: u32, device: &Device) -> Result<(Tensor,
     let mut ids = Vec::with_capacity(prompts.len() * s);
     let mut mask = Vec::with_capacity(prompts.len() * s);
     for p in prompts {
-        ids.extend(p.iter().copied().chain(std::iter::repeat_n(pad, s - p.len())));
+        ids.extend(
+            p.iter()
+                .copied()
+                .chain(std::iter::repeat_n(pad, s - p.len())),
+        );
         mask.extend(
             std::iter::repeat_n(1u32, p.len()).chain(std::iter::repeat_n(0u32, s - p.len())),
         );
@@ -161,7 +165,8 @@ impl<'a> Decoder<'a> {
                 .collect();
             let t = new.len() / b;
             let ids = Tensor::from_vec(new, (b, t), device)?;
-            self.model.decode_step(&ids, None, &mut self.cache, &mut mode)?
+            self.model
+                .decode_step(&ids, None, &mut self.cache, &mut mode)?
         } else {
             let t = sequences[0].len();
             let ids = Tensor::from_vec(sequences.concat(), (b, t), device)?;
@@ -169,7 +174,10 @@ impl<'a> Decoder<'a> {
             self.model.decode_step(&ids, None, &mut fresh, &mut mode)?
         };
         let t = logits.dim(1)?;
-        let last = logits.narrow(1, t - 1, 1)?.squeeze(1)?.to_dtype(DType::F32)?;
+        let last = logits
+            .narrow(1, t - 1, 1)?
+            .squeeze(1)?
+            .to_dtype(DType::F32)?;
         Ok(last.to_vec2::<f32>()?)
     }
 
@@ -199,7 +207,11 @@ fn step_all(
     for _ in 0..opts.max_new_tokens {
         let rows = dec.next_logits(&seqs)?;
         for (i, row) in rows.iter().enumerate() {
-            let tok = if done[i] { cfg.pad_token_id } else { choose(i, row)? };
+            let tok = if done[i] {
+                cfg.pad_token_id
+            } else {
+                choose(i, row)?
+            };
             seqs[i].push(tok);
             if tok == cfg.eos_token_id {
                 done[i] = true;
@@ -209,7 +221,10 @@ fn step_all(
             break;
         }
     }
-    Ok(seqs.iter().map(|s| trim_output(s, cfg.eos_token_id)).collect())
+    Ok(seqs
+        .iter()
+        .map(|s| trim_output(s, cfg.eos_token_id))
+        .collect())
 }
 
 /// The generated ids after the start token, through the first `</s>`.
@@ -328,7 +343,11 @@ fn beam_search(
         let vocab = rows[0].len();
         let mut acc = Vec::with_capacity(n * vocab);
         for (b, row) in rows.iter().enumerate() {
-            acc.extend(log_softmax(row).into_iter().map(|lp| lp + running_scores[b]));
+            acc.extend(
+                log_softmax(row)
+                    .into_iter()
+                    .map(|lp| lp + running_scores[b]),
+            );
         }
         let top = top_k_indices(&acc, k);
         let cands: Vec<(usize, u32, f32)> = top

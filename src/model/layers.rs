@@ -106,8 +106,15 @@ impl RmsNorm {
 /// The feed-forward block: v1.0's ReLU or v1.1's gated GELU.
 #[derive(Clone)]
 pub enum FeedForwardBlock {
-    Relu { wi: Linear, wo: Linear },
-    GatedGelu { wi_0: Linear, wi_1: Linear, wo: Linear },
+    Relu {
+        wi: Linear,
+        wo: Linear,
+    },
+    GatedGelu {
+        wi_0: Linear,
+        wi_1: Linear,
+        wo: Linear,
+    },
 }
 
 impl FeedForwardBlock {
@@ -222,8 +229,8 @@ impl Attention {
         let scores = q.matmul(&kv.k.t()?)?;
         let scores = scores.broadcast_add(bias)?;
         let dtype = scores.dtype();
-        let weights = candle_nn::ops::softmax(&scores.to_dtype(DType::F32)?, D::Minus1)?
-            .to_dtype(dtype)?;
+        let weights =
+            candle_nn::ops::softmax(&scores.to_dtype(DType::F32)?, D::Minus1)?.to_dtype(dtype)?;
         let weights = mode.dropout(&weights, dropout)?;
         let out = weights.matmul(&kv.v)?;
         let out = out

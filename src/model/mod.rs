@@ -154,7 +154,11 @@ impl T5 {
     /// Loads the weights of a model of shape `cfg` from a safetensors file.
     /// Every tensor must be there with the right shape, and the file must
     /// hold no tensor the model does not use (the sign of another shape).
-    pub fn load_safetensors(cfg: &T5Config, path: &std::path::Path, device: &Device) -> Result<Self> {
+    pub fn load_safetensors(
+        cfg: &T5Config,
+        path: &std::path::Path,
+        device: &Device,
+    ) -> Result<Self> {
         let mut source = SafetensorsSource::open(path)?;
         let model = Self::build(cfg, &mut source, device, DType::F32)?;
         let unused = source.unused(model.params());
@@ -186,7 +190,11 @@ impl T5 {
     /// layout `transformers`' `from_pretrained` reads.
     pub fn save_hf_dir(&self, dir: &std::path::Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        weights::save_safetensors(&self.named_tensors(), DType::F32, &dir.join("model.safetensors"))?;
+        weights::save_safetensors(
+            &self.named_tensors(),
+            DType::F32,
+            &dir.join("model.safetensors"),
+        )?;
         self.cfg.write_json_file(&dir.join("config.json"))
     }
 
@@ -222,19 +230,29 @@ impl T5 {
         let (_, s) = input_ids.dims2()?;
         let x = self.embed(input_ids, mode)?;
         let pad = self.padding_bias(attention_mask, 1)?;
-        let bias = self.encoder.position_bias(&self.cfg, 0, s, s)?.broadcast_add(&pad)?;
+        let bias = self
+            .encoder
+            .position_bias(&self.cfg, 0, s, s)?
+            .broadcast_add(&pad)?;
         self.encoder.run(&self.cfg, x, &bias, None, mode)
     }
 
     /// Starts decoding against an encoder output: projects the
     /// cross-attention keys and values once for every step to come.
-    pub fn start_decoding(&self, encoder_out: &Tensor, attention_mask: &Tensor) -> Result<DecoderCache> {
+    pub fn start_decoding(
+        &self,
+        encoder_out: &Tensor,
+        attention_mask: &Tensor,
+    ) -> Result<DecoderCache> {
         let cross_kv = self
             .decoder
             .blocks
             .iter()
             .map(|b| {
-                let (attn, _) = b.cross.as_ref().expect("decoder blocks have cross-attention");
+                let (attn, _) = b
+                    .cross
+                    .as_ref()
+                    .expect("decoder blocks have cross-attention");
                 attn.project_kv(encoder_out)
             })
             .collect::<Result<_>>()?;
@@ -287,7 +305,10 @@ impl T5 {
             .blocks
             .iter()
             .map(|blk| {
-                let (attn, _) = blk.cross.as_ref().expect("decoder blocks have cross-attention");
+                let (attn, _) = blk
+                    .cross
+                    .as_ref()
+                    .expect("decoder blocks have cross-attention");
                 attn.project_kv(&enc)
             })
             .collect::<Result<_>>()?;
@@ -306,7 +327,10 @@ impl T5 {
     fn embed(&self, ids: &Tensor, mode: &mut ForwardMode) -> Result<Tensor> {
         let (b, s) = ids.dims2()?;
         let flat = ids.flatten_all()?.to_dtype(DType::U32)?;
-        let x = self.shared.index_select(&flat, 0)?.reshape((b, s, self.cfg.d_model))?;
+        let x = self
+            .shared
+            .index_select(&flat, 0)?
+            .reshape((b, s, self.cfg.d_model))?;
         mode.dropout(&x, self.cfg.dropout_rate)
     }
 
@@ -371,7 +395,13 @@ impl T5 {
 
 impl Stack {
     /// `[1, h, q_len, k_len]` from the learned bucket table.
-    fn position_bias(&self, cfg: &T5Config, q_offset: usize, q_len: usize, k_len: usize) -> Result<Tensor> {
+    fn position_bias(
+        &self,
+        cfg: &T5Config,
+        q_offset: usize,
+        q_len: usize,
+        k_len: usize,
+    ) -> Result<Tensor> {
         let buckets = position::bucket_matrix(
             q_offset,
             q_len,
@@ -409,7 +439,9 @@ impl Stack {
                 Some((_, _, caches)) if !caches.is_empty() => Some(&mut caches[i]),
                 _ => None,
             };
-            let h = block.self_attn.forward(&h, None, self_bias, cache, p, mode)?;
+            let h = block
+                .self_attn
+                .forward(&h, None, self_bias, cache, p, mode)?;
             x = (x + mode.dropout(&h, p)?)?;
             if let (Some((attn, norm)), Some((kvs, bias, _))) = (&block.cross, cross.as_ref()) {
                 let h = norm.forward(&x)?;
@@ -428,7 +460,11 @@ impl Stack {
 fn build_stack(cfg: &T5Config, p: &mut ParamBuilder, is_decoder: bool) -> Result<Stack> {
     let (d, inner) = (cfg.d_model, cfg.inner_dim());
     let stack = if is_decoder { "decoder" } else { "encoder" };
-    let layers = if is_decoder { cfg.decoder_layers() } else { cfg.num_layers };
+    let layers = if is_decoder {
+        cfg.decoder_layers()
+    } else {
+        cfg.num_layers
+    };
     let eps = cfg.layer_norm_epsilon;
     let attention = |p: &mut ParamBuilder, prefix: &str| -> Result<Attention> {
         Ok(Attention {
@@ -441,7 +477,10 @@ fn build_stack(cfg: &T5Config, p: &mut ParamBuilder, is_decoder: bool) -> Result
         })
     };
     let norm = |p: &mut ParamBuilder, name: &str| -> Result<RmsNorm> {
-        Ok(RmsNorm { weight: p.take(name, &[d])?, eps })
+        Ok(RmsNorm {
+            weight: p.take(name, &[d])?,
+            eps,
+        })
     };
     let mut blocks = Vec::with_capacity(layers);
     let mut relative_bias = None;
@@ -475,7 +514,13 @@ fn build_stack(cfg: &T5Config, p: &mut ParamBuilder, is_decoder: bool) -> Result
             },
         };
         let ff_norm = norm(p, &format!("{pre}.{ff_idx}.layer_norm.weight"))?;
-        blocks.push(Block { self_attn, self_norm, cross, ff, ff_norm });
+        blocks.push(Block {
+            self_attn,
+            self_norm,
+            cross,
+            ff,
+            ff_norm,
+        });
     }
     let final_norm = norm(p, &format!("{stack}.final_layer_norm.weight"))?;
     Ok(Stack {
@@ -500,7 +545,12 @@ pub struct Loss {
 /// `transformers` does: labels equal to [`IGNORE_INDEX`] (and, when given,
 /// `pad_id`) are left out. `z_loss > 0` adds `z_loss * mean(logsumexp²)`,
 /// which keeps the softmax normaliser near 1 (PaLM, T5X).
-pub fn cross_entropy(logits: &Tensor, labels: &Tensor, pad_id: Option<u32>, z_loss: f64) -> Result<Loss> {
+pub fn cross_entropy(
+    logits: &Tensor,
+    labels: &Tensor,
+    pad_id: Option<u32>,
+    z_loss: f64,
+) -> Result<Loss> {
     let vocab = logits.dim(D::Minus1)?;
     let logits = logits.reshape(((), vocab))?.to_dtype(DType::F32)?;
     let labels = labels.flatten_all()?.to_dtype(DType::I64)?;
@@ -533,7 +583,11 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor, pad_id: Option<u32>, z_lo
     } else {
         ce
     };
-    Ok(Loss { loss, cross_entropy, tokens })
+    Ok(Loss {
+        loss,
+        cross_entropy,
+        tokens,
+    })
 }
 
 /// Decoder inputs from labels, as `transformers`' `_shift_right`: the start
