@@ -6,4 +6,5 @@ pub mod batch;
 pub mod clean;
 pub mod demo;
 pub mod source;
+pub mod span_corruption;
 pub mod stream;
