@@ -159,13 +159,13 @@ impl T5Config {
                 self.dropout_rate
             ));
         }
-        if !(self.layer_norm_epsilon > 0.0) {
+        if self.layer_norm_epsilon.is_nan() || self.layer_norm_epsilon <= 0.0 {
             return Err(format!(
                 "`layer_norm_epsilon` is {}: it must be greater than 0",
                 self.layer_norm_epsilon
             ));
         }
-        if !(self.initializer_factor > 0.0) {
+        if self.initializer_factor.is_nan() || self.initializer_factor <= 0.0 {
             return Err(format!(
                 "`initializer_factor` is {}: it must be greater than 0",
                 self.initializer_factor
