@@ -24,6 +24,12 @@ pub enum Error {
     /// A bad argument to a library call (a shape, a token id, an option).
     #[error("{0}")]
     Invalid(String),
+    /// A run's lock is held by a live process (the UI or another resume).
+    #[error(
+        "run {id} is in use by {} (the UI or another resume); stop it first",
+        match pid { Some(pid) => format!("process {pid}"), None => "another process".to_string() }
+    )]
+    RunInUse { id: String, pid: Option<u32> },
     /// A tensor operation failed inside candle.
     #[error("tensor error: {0}")]
     Candle(#[from] candle_core::Error),

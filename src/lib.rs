@@ -7,5 +7,6 @@ pub mod data;
 pub mod error;
 pub mod fsutil;
 pub mod model;
+pub mod runs;
 
 pub use error::{Error, Result};
