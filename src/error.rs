@@ -21,6 +21,9 @@ pub enum Error {
     /// shape or another dtype, or a file that is not safetensors.
     #[error("{}: {message}", path.display())]
     Checkpoint { path: PathBuf, message: String },
+    /// A `tokenizer.json` that cannot be read or is not a T5 tokenizer.
+    #[error("{}: {message}", path.display())]
+    Tokenizer { path: PathBuf, message: String },
     /// A bad argument to a library call (a shape, a token id, an option).
     #[error("{0}")]
     Invalid(String),

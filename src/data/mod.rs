@@ -8,3 +8,4 @@ pub mod demo;
 pub mod source;
 pub mod span_corruption;
 pub mod stream;
+pub mod tokenizer;
