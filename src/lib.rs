@@ -8,5 +8,6 @@ pub mod error;
 pub mod fsutil;
 pub mod model;
 pub mod runs;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -42,8 +42,10 @@ pub enum TrainEvent {
     Step {
         step: u64,
         tokens_seen: u64,
+        #[serde(with = "float")]
         loss: f64,
         lr: f64,
+        #[serde(with = "float")]
         grad_norm: f64,
         tokens_per_sec: f64,
         /// Seconds of training in this run, resumes included.
@@ -52,7 +54,9 @@ pub enum TrainEvent {
     },
     Eval {
         step: u64,
+        #[serde(with = "float")]
         loss: f64,
+        #[serde(with = "float")]
         perplexity: f64,
         /// Token accuracy, and the task's metrics (exact match, BLEU, chrF…).
         metrics: BTreeMap<String, f64>,
@@ -143,6 +147,46 @@ pub enum Control {
     Stop,
 }
 
+/// A float that may be NaN or infinite (a diverging loss): JSON has no
+/// such numbers, so they are written as the strings `"NaN"`, `"inf"`,
+/// `"-inf"`, and read back from those (or from `null`, as NaN).
+mod float {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_finite() {
+            s.serialize_f64(*v)
+        } else if v.is_nan() {
+            s.serialize_str("NaN")
+        } else if *v > 0.0 {
+            s.serialize_str("inf")
+        } else {
+            s.serialize_str("-inf")
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Repr {
+        Num(f64),
+        Text(String),
+        Null(()),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        match Option::<Repr>::deserialize(d)? {
+            Some(Repr::Num(v)) => Ok(v),
+            Some(Repr::Text(t)) => match t.as_str() {
+                "NaN" | "nan" => Ok(f64::NAN),
+                "inf" | "Infinity" => Ok(f64::INFINITY),
+                "-inf" | "-Infinity" => Ok(f64::NEG_INFINITY),
+                other => Err(serde::de::Error::custom(format!("not a number: {other}"))),
+            },
+            Some(Repr::Null(())) | None => Ok(f64::NAN),
+        }
+    }
+}
+
 /// Seconds since the Unix epoch, for event times.
 pub fn now() -> f64 {
     std::time::SystemTime::now()
@@ -168,5 +212,29 @@ mod tests {
         assert!(!line.contains('\n'));
         assert!(line.starts_with("{\"event\":\"lr_changed\""), "{line}");
         assert_eq!(serde_json::from_str::<TrainEvent>(&line).unwrap(), e);
+    }
+
+    #[test]
+    fn a_diverged_loss_round_trips() {
+        for loss in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let e = TrainEvent::Step {
+                step: 1,
+                tokens_seen: 10,
+                loss,
+                lr: 1e-3,
+                grad_norm: f64::NAN,
+                tokens_per_sec: 5.0,
+                elapsed: 1.0,
+                time: 2.0,
+            };
+            let line = serde_json::to_string(&e).unwrap();
+            let TrainEvent::Step { loss: back, grad_norm, .. } =
+                serde_json::from_str::<TrainEvent>(&line).unwrap()
+            else {
+                panic!("{line}");
+            };
+            assert!(grad_norm.is_nan());
+            assert!(back == loss || (back.is_nan() && loss.is_nan()), "{line}");
+        }
     }
 }

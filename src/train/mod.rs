@@ -1,0 +1,4 @@
+//! Training: the worker thread, its events and controls, optimizers and
+//! schedules.
+
+pub mod events;
