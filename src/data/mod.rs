@@ -5,6 +5,7 @@
 pub mod batch;
 pub mod clean;
 pub mod demo;
+pub mod prepare;
 pub mod source;
 pub mod span_corruption;
 pub mod stream;
