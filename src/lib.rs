@@ -6,6 +6,7 @@
 pub mod data;
 pub mod error;
 pub mod fsutil;
+pub mod metrics;
 pub mod model;
 pub mod runs;
 pub mod train;
