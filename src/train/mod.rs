@@ -2,3 +2,5 @@
 //! schedules.
 
 pub mod events;
+pub mod optim;
+pub mod schedule;
