@@ -3,6 +3,8 @@
 //! data pipeline, the trainer and the run store; the TUI and the headless
 //! CLI both drive it.
 
+pub mod cli;
+pub mod config;
 pub mod data;
 pub mod error;
 pub mod fsutil;

@@ -26,6 +26,7 @@ fn started(step: u64, time: f64) -> TrainEvent {
         device: "cpu".into(),
         tokens_per_step: 64,
         step,
+        total_steps: 100,
         resumed: step > 0,
         time,
     }

@@ -41,6 +41,7 @@ mod classification;
 mod porter;
 mod rouge;
 mod squad;
+mod task;
 
 pub use bleu::{
     corpus_bleu, corpus_bleu_multi, tokenize_bleu, BleuOptions, BleuScore, BleuTokenizer, Smoothing,
@@ -52,6 +53,7 @@ pub use rouge::{
     rouge, rouge_multi, rouge_pair, rouge_tokenize, RougeOptions, RougePair, RougeScores,
 };
 pub use squad::{normalize_answer, squad, squad_exact_match, squad_f1, squad_multi, QaScores};
+pub use task::{task_metrics, TaskKind};
 
 pub use crate::model::IGNORE_INDEX;
 use crate::{Error, Result};

@@ -280,6 +280,7 @@ fn restore_non_finite(event: &mut TrainEvent) {
         | TrainEvent::Paused { time, .. }
         | TrainEvent::Resumed { time, .. }
         | TrainEvent::Warning { time, .. }
+        | TrainEvent::Info { time, .. }
         | TrainEvent::Finished { time, .. }
         | TrainEvent::Failed { time, .. } => fix(time),
         TrainEvent::Step {
@@ -363,7 +364,7 @@ mod tests {
     #[test]
     fn nan_loss_reads_back_as_nan() {
         let text = format!("{}\n", line(&step(1, f64::NAN)));
-        assert!(text.contains("null"), "{text}");
+        assert!(text.contains("\"NaN\""), "{text}");
         let read = parse_events(text.as_bytes());
         assert!(read.bad_lines.is_empty());
         match &read.events[..] {

@@ -214,6 +214,7 @@ mod tests {
             device: "cpu".into(),
             tokens_per_step: 1,
             step,
+            total_steps: 100,
             resumed: step > 0,
             time: 1.0,
         }

@@ -36,6 +36,9 @@ pub enum TrainEvent {
         tokens_per_step: usize,
         /// The step it starts from: 0, or a checkpoint's step on resume.
         step: u64,
+        /// The step it will end at; 0 in logs from before it was recorded.
+        #[serde(default)]
+        total_steps: u64,
         resumed: bool,
         time: f64,
     },
@@ -95,6 +98,13 @@ pub enum TrainEvent {
         message: String,
         time: f64,
     },
+    /// Progress worth a line in the log that is not a problem (preparing
+    /// data, training the tokenizer).
+    Info {
+        step: u64,
+        message: String,
+        time: f64,
+    },
     Finished {
         step: u64,
         reason: FinishReason,
@@ -110,7 +120,85 @@ pub enum TrainEvent {
 impl TrainEvent {
     /// Ends the run's life in this process.
     pub fn is_terminal(&self) -> bool {
-        matches!(self, TrainEvent::Finished { .. } | TrainEvent::Failed { .. })
+        matches!(
+            self,
+            TrainEvent::Finished { .. } | TrainEvent::Failed { .. }
+        )
+    }
+
+    /// The event as one line of text, for logs and plain output.
+    pub fn describe(&self) -> String {
+        match self {
+            TrainEvent::Started {
+                run,
+                params,
+                device,
+                tokens_per_step,
+                step,
+                resumed,
+                ..
+            } => format!(
+                "{} run {run} at step {step}: {params} parameters on {device}, {tokens_per_step} tokens a step",
+                if *resumed { "resumed" } else { "started" }
+            ),
+            TrainEvent::Step {
+                step,
+                loss,
+                lr,
+                grad_norm,
+                tokens_per_sec,
+                ..
+            } => format!(
+                "step {step}: loss {loss:.4}, lr {lr:.3e}, grad norm {grad_norm:.3}, {tokens_per_sec:.0} tokens/s"
+            ),
+            TrainEvent::Eval {
+                step,
+                loss,
+                perplexity,
+                metrics,
+                ..
+            } => {
+                let mut line =
+                    format!("eval at step {step}: loss {loss:.4}, perplexity {perplexity:.2}");
+                for (k, v) in metrics {
+                    line.push_str(&format!(", {k} {v:.2}"));
+                }
+                line
+            }
+            TrainEvent::Sample {
+                step,
+                input,
+                target,
+                output,
+                ..
+            } => format!("sample at step {step}: {input:?} -> {output:?} (target {target:?})"),
+            TrainEvent::LrChanged {
+                step, from, to, by, ..
+            } => format!(
+                "learning rate {from:.3e} -> {to:.3e} at step {step} (by the {})",
+                match by {
+                    LrSource::User => "user",
+                    LrSource::Schedule => "schedule",
+                }
+            ),
+            TrainEvent::Checkpoint { step, path, .. } => {
+                format!("checkpoint at step {step}: {}", path.display())
+            }
+            TrainEvent::Paused { step, reason, .. } => format!("paused at step {step}: {reason}"),
+            TrainEvent::Resumed { step, .. } => format!("resumed at step {step}"),
+            TrainEvent::Warning { step, message, .. } => {
+                format!("warning at step {step}: {message}")
+            }
+            TrainEvent::Info { message, .. } => message.clone(),
+            TrainEvent::Finished { step, reason, .. } => format!(
+                "finished at step {step}: {}",
+                match reason {
+                    FinishReason::Completed => "completed",
+                    FinishReason::Stopped => "stopped",
+                }
+            ),
+            TrainEvent::Failed { step, error, .. } => format!("failed at step {step}: {error}"),
+        }
     }
 
     pub fn step(&self) -> Option<u64> {
@@ -124,6 +212,7 @@ impl TrainEvent {
             | TrainEvent::Paused { step, .. }
             | TrainEvent::Resumed { step, .. }
             | TrainEvent::Warning { step, .. }
+            | TrainEvent::Info { step, .. }
             | TrainEvent::Finished { step, .. }
             | TrainEvent::Failed { step, .. } => Some(*step),
         }
@@ -136,9 +225,13 @@ impl TrainEvent {
 #[serde(tag = "control", rename_all = "snake_case")]
 pub enum Control {
     /// Set the learning rate now; the schedule is rescaled from here on.
-    SetLr { lr: f64 },
+    SetLr {
+        lr: f64,
+    },
     /// Multiply the learning rate (and the rest of the schedule).
-    ScaleLr { factor: f64 },
+    ScaleLr {
+        factor: f64,
+    },
     Pause,
     Resume,
     SampleNow,
@@ -228,8 +321,11 @@ mod tests {
                 time: 2.0,
             };
             let line = serde_json::to_string(&e).unwrap();
-            let TrainEvent::Step { loss: back, grad_norm, .. } =
-                serde_json::from_str::<TrainEvent>(&line).unwrap()
+            let TrainEvent::Step {
+                loss: back,
+                grad_norm,
+                ..
+            } = serde_json::from_str::<TrainEvent>(&line).unwrap()
             else {
                 panic!("{line}");
             };
