@@ -66,6 +66,27 @@ pub const BUILTIN_PRESETS: &[(&str, &str)] = &[
     ),
 ];
 
+/// The demo experiments, built in so that an installed `t5-tui` offers
+/// them anywhere (they read the built-in data, so they need no files).
+pub const BUILTIN_EXPERIMENTS: &[(&str, &str)] = &[
+    (
+        "demo-pretrain",
+        include_str!("../configs/demo-pretrain.toml"),
+    ),
+    (
+        "demo-translate",
+        include_str!("../configs/demo-translate.toml"),
+    ),
+];
+
+/// The TOML text of a built-in demo experiment.
+pub fn builtin_experiment(name: &str) -> Option<&'static str> {
+    BUILTIN_EXPERIMENTS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, text)| *text)
+}
+
 /// The preset an experiment without a `[model]` section uses.
 pub const DEFAULT_PRESET: &str = "t5-tiny";
 

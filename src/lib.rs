@@ -11,6 +11,8 @@ pub mod fsutil;
 pub mod metrics;
 pub mod model;
 pub mod runs;
+pub mod signals;
 pub mod train;
+pub mod tui;
 
 pub use error::{Error, Result};

@@ -25,11 +25,16 @@ use crate::model::T5Config;
     version,
     about = "Train and fine-tune T5 models from a terminal UI",
     long_about = "Train and fine-tune T5 models from a terminal UI.\n\n\
-                  The terminal UI is not built yet; the commands below work today."
+                  With no command, t5-tui opens the terminal UI; every command below \
+                  works without it, for scripts and machines with no terminal."
 )]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// The UI's colour theme: dark, light, colorblind, or a theme file
+    /// (also T5_TUI_THEME; NO_COLOR turns colour off).
+    #[arg(long, global = true, value_name = "NAME_OR_FILE")]
+    pub theme: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -95,28 +100,57 @@ pub struct Overrides {
     pub set: Vec<String>,
 }
 
-/// What `t5-tui` with no command prints, until the terminal UI exists.
-pub fn no_command_help() -> String {
-    format!(
-        "t5-tui {}: train and fine-tune T5 models from a terminal UI.\n\
-         \n\
-         The terminal UI is not built yet. What works today:\n\
-         \n\
-         \x20 t5-tui config check FILE...          check experiment configs and print the model each builds\n\
-         \x20 t5-tui model info PRESET_OR_CONFIG   a model's shape and parameter count\n\
-         \n\
-         Built-in model presets: {}.\n\
-         Run `t5-tui --help` or `t5-tui COMMAND --help` for the options.\n",
-        env!("CARGO_PKG_VERSION"),
-        config::builtin_preset_names().join(", ")
-    )
+/// Opens the terminal UI (on a run just started, if any); afterwards
+/// follows the runs the user kept training or stops them.
+pub(crate) fn ui(
+    start: Option<crate::train::TrainHandle>,
+    theme: Option<String>,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> i32 {
+    let store = match store() {
+        Ok(s) => s,
+        Err(e) => {
+            report(err, &e);
+            return 1;
+        }
+    };
+    let exit = match crate::tui::run(store, crate::tui::UiOptions { theme, start }) {
+        Ok(exit) => exit,
+        Err(e) => {
+            report(err, &e);
+            return 2;
+        }
+    };
+    let mut code = 0;
+    for (handle, step, total) in exit.training {
+        match exit.choice {
+            crate::tui::QuitChoice::KeepRuns => {
+                let _ = writeln!(
+                    out,
+                    "run {} keeps training (Ctrl-C stops it with a checkpoint; `t5-tui` shows it again)",
+                    handle.run_id
+                );
+            }
+            _ => {
+                handle.send(crate::train::Control::Stop);
+                let _ = writeln!(
+                    out,
+                    "stopping run {} after its step; writing a checkpoint",
+                    handle.run_id
+                );
+            }
+        }
+        code = code.max(train::follow_handle(handle, Some((step, total)), out, err));
+    }
+    code
 }
 
 /// Runs a parsed command line; returns the exit code.
 pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
     let result = match cli.command {
-        None => write_out(out, &no_command_help()),
-        Some(Command::Train(args)) => return train::train(args, out, err),
+        None => return ui(None, cli.theme, out, err),
+        Some(Command::Train(args)) => return train::train(args, cli.theme, out, err),
         Some(Command::Resume(args)) => return train::resume(args, out, err),
         Some(Command::Runs(args)) => runs::runs(args, out),
         Some(Command::Generate(args)) => generate::generate(args, out),
@@ -387,13 +421,22 @@ mod tests {
     }
 
     #[test]
-    fn no_command_prints_help_and_succeeds() {
+    fn no_command_without_a_terminal_points_to_the_headless_commands() {
         let (mut out, mut err) = (Vec::new(), Vec::new());
-        let code = run(Cli { command: None }, &mut out, &mut err);
-        assert_eq!(code, 0);
-        let out = String::from_utf8(out).unwrap();
-        assert!(out.contains("not built yet"));
-        assert!(out.contains("config check"));
-        assert!(err.is_empty());
+        let code = run(
+            Cli {
+                command: None,
+                theme: None,
+            },
+            &mut out,
+            &mut err,
+        );
+        // Tests run with no terminal on stdin/stdout.
+        assert_eq!(code, 2);
+        let err = String::from_utf8(err).unwrap();
+        assert!(
+            err.contains("needs a terminal") && err.contains("--headless"),
+            "{err}"
+        );
     }
 }

@@ -3,10 +3,9 @@
 //! control: the worker finishes its step, checkpoints and reports
 //! finished; a second Ctrl-C quits at once.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
-use std::sync::mpsc::{RecvTimeoutError, Sender};
-use std::sync::{Mutex, OnceLock};
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::Duration;
 
 use clap::Args;
@@ -15,7 +14,7 @@ use super::progress::{stdout_is_terminal, Progress};
 use super::{report, store, Overrides};
 use crate::config;
 use crate::error::{Error, Result};
-use crate::train::{Control, TrainEvent, TrainHandle};
+use crate::train::{TrainEvent, TrainHandle};
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
@@ -25,7 +24,7 @@ pub struct TrainArgs {
     #[command(flatten)]
     pub overrides: Overrides,
     /// Train without the terminal UI, printing progress (the run id on the
-    /// first line). Today every run from the command line is headless.
+    /// first line). Without a terminal, runs are headless anyway.
     #[arg(long)]
     pub headless: bool,
 }
@@ -42,13 +41,23 @@ pub struct ResumeArgs {
     pub overrides: Overrides,
 }
 
-pub fn train(args: TrainArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+pub fn train(
+    args: TrainArgs,
+    theme: Option<String>,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> i32 {
     let started = (|| {
         let exp = config::load_with_overrides(&args.config, &args.overrides.set)?;
         let toml = exp.to_toml()?;
         crate::train::start(&store()?, exp, &toml)
     })();
-    follow(started, out, err)
+    // In a terminal, the run opens on the UI's dashboard.
+    let interactive = !args.headless && stdout_is_terminal() && std::io::stdin().is_terminal();
+    match started {
+        Ok(handle) if interactive => super::ui(Some(handle), theme, out, err),
+        other => follow(other, out, err),
+    }
 }
 
 pub fn resume(args: ResumeArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
@@ -57,37 +66,12 @@ pub fn resume(args: ResumeArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32
     follow(started, out, err)
 }
 
-/// The sender Ctrl-C stops, for the run this process follows.
-static STOP: OnceLock<Mutex<Option<Sender<Control>>>> = OnceLock::new();
-
-fn install_ctrl_c(controls: Sender<Control>) {
-    let slot = STOP.get_or_init(|| Mutex::new(None));
-    if let Ok(mut s) = slot.lock() {
-        *s = Some(controls);
-    }
-    static INSTALLED: OnceLock<()> = OnceLock::new();
-    INSTALLED.get_or_init(|| {
-        let mut presses = 0u32;
-        // Failing to install (another handler exists) leaves the default:
-        // the process ends and the run is found as crashed, then resumed.
-        let _ = ctrlc::set_handler(move || {
-            presses += 1;
-            if presses > 1 {
-                eprintln!("\nstopping now; the run resumes from its last checkpoint");
-                std::process::exit(130);
-            }
-            eprintln!("\nstopping after this step (Ctrl-C again to quit at once)");
-            if let Some(Ok(s)) = STOP.get().map(|m| m.lock()) {
-                if let Some(tx) = s.as_ref() {
-                    let _ = tx.send(Control::Stop);
-                }
-            }
-        });
-    });
-}
-
 /// Prints the run id, then the run's events until it ends.
-fn follow(started: Result<TrainHandle>, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+pub(crate) fn follow(
+    started: Result<TrainHandle>,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> i32 {
     let handle = match started {
         Ok(h) => h,
         Err(e) => {
@@ -97,10 +81,21 @@ fn follow(started: Result<TrainHandle>, out: &mut dyn Write, err: &mut dyn Write
     };
     let _ = writeln!(out, "{}", handle.run_id);
     let _ = out.flush();
-    install_ctrl_c(handle.controls());
+    follow_handle(handle, None, out, err)
+}
+
+/// Prints a run's events until it ends; `at` is `(step, total_steps)` when
+/// its `Started` event was already read (by the terminal UI).
+pub(crate) fn follow_handle(
+    handle: TrainHandle,
+    at: Option<(u64, u64)>,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> i32 {
+    crate::signals::stop_on_signal(handle.controls());
     let tty = stdout_is_terminal();
-    let mut progress: Option<Progress> = None;
-    let mut total = 0u64;
+    let mut progress: Option<Progress> = at.map(|(step, total)| Progress::new(total, step, tty));
+    let mut total = at.map_or(0, |a| a.1);
     let mut failed: Option<String> = None;
     loop {
         match handle.recv_timeout(Duration::from_millis(250)) {

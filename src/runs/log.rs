@@ -236,7 +236,7 @@ const NON_FINITE: f64 = f64::MAX;
 /// One event from one line. A line whose numbers were NaN or infinite
 /// (written as `null`) reads back with NaN in their place, so a diverged
 /// step is still an event.
-fn parse_event_line(text: &str) -> Option<TrainEvent> {
+pub fn parse_event_line(text: &str) -> Option<TrainEvent> {
     if let Ok(event) = serde_json::from_str::<TrainEvent>(text) {
         return Some(event);
     }

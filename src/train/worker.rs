@@ -75,6 +75,23 @@ pub struct TrainHandle {
 }
 
 impl TrainHandle {
+    /// A handle over channels the caller made, with no thread behind it:
+    /// for front ends' tests, which play the worker's part themselves.
+    pub fn from_channels(
+        run_id: impl Into<String>,
+        run_dir: PathBuf,
+        events: Receiver<TrainEvent>,
+        controls: Sender<Control>,
+    ) -> TrainHandle {
+        TrainHandle {
+            run_id: run_id.into(),
+            run_dir,
+            events,
+            controls,
+            thread: None,
+        }
+    }
+
     /// Sends a control; it takes effect at the next step boundary. A
     /// worker that has ended ignores it.
     pub fn send(&self, control: Control) {

@@ -1,0 +1,147 @@
+//! The terminal UI: runs, editor, dashboard and compare screens over the
+//! same library calls the headless commands make. The main loop is
+//! generic over ratatui's `Backend`, so tests drive the real app against
+//! `TestBackend`; `run` puts it on the real terminal.
+
+pub mod app;
+pub mod editor;
+pub mod history;
+pub mod theme;
+pub mod views;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ratatui::backend::Backend;
+use ratatui::crossterm::event::{self, Event};
+use ratatui::Terminal;
+
+pub use app::{App, QuitChoice, Screen};
+pub use theme::Theme;
+
+use crate::error::{Error, Result};
+use crate::runs::RunStore;
+use crate::train::TrainHandle;
+
+/// How long the loop waits for a key before it looks at the channels again.
+const FRAME: Duration = Duration::from_millis(100);
+
+/// How the UI starts.
+#[derive(Debug, Default)]
+pub struct UiOptions {
+    /// A built-in theme's name or a theme file.
+    pub theme: Option<String>,
+    /// A run to show on the dashboard at once (started by `t5-tui train`).
+    pub start: Option<TrainHandle>,
+}
+
+impl std::fmt::Debug for TrainHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrainHandle")
+            .field("run_id", &self.run_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What is left when the UI closes: the runs still training and what the
+/// user chose for them.
+pub struct UiExit {
+    pub choice: QuitChoice,
+    /// `(handle, step, total_steps)` of each run still training.
+    pub training: Vec<(TrainHandle, u64, u64)>,
+}
+
+/// The theme the environment and options ask for.
+pub fn choose_theme(name: Option<&str>) -> Result<Theme> {
+    if Theme::no_color_requested() {
+        return Ok(Theme::monochrome());
+    }
+    let name = name
+        .map(str::to_string)
+        .or_else(|| std::env::var("T5_TUI_THEME").ok().filter(|s| !s.is_empty()));
+    match name {
+        Some(n) => Theme::load(&n),
+        None => Ok(Theme::builtin("dark")),
+    }
+}
+
+/// Runs the UI on the process's terminal until the user quits.
+pub fn run(store: RunStore, options: UiOptions) -> Result<UiExit> {
+    if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
+        return Err(Error::Invalid(
+            "the terminal UI needs a terminal, and stdin or stdout is not one: use the headless \
+             commands instead (t5-tui train CONFIG --headless, t5-tui runs, t5-tui --help)"
+                .into(),
+        ));
+    }
+    let theme = choose_theme(options.theme.as_deref())?;
+    let workdir = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    let mut app = App::new(store, theme, workdir);
+    if let Some(h) = options.start {
+        app.watch_live(h);
+    }
+    // A closed terminal (SIGHUP) or SIGTERM stops the runs with a checkpoint.
+    crate::signals::install();
+    // `try_init` installs a panic hook that restores the terminal first.
+    let mut terminal = ratatui::try_init()
+        .map_err(|e| Error::Other(format!("cannot set up the terminal: {e}")))?;
+    let result = run_loop(&mut terminal, &mut app, |timeout| {
+        if event::poll(timeout)? {
+            Ok(Some(event::read()?))
+        } else {
+            Ok(None)
+        }
+    });
+    ratatui::restore();
+    result?;
+    Ok(finish(app))
+}
+
+/// The loop: take in events, draw, wait for a key; until `app.quit`.
+/// `next_event` waits up to the given time for terminal input.
+pub fn run_loop<B: Backend>(
+    terminal: &mut Terminal<B>,
+    app: &mut App,
+    mut next_event: impl FnMut(Duration) -> std::io::Result<Option<Event>>,
+) -> Result<()> {
+    loop {
+        app.tick();
+        if crate::signals::received() > 0 && app.quit.is_none() {
+            app.quit = Some(QuitChoice::StopRuns);
+        }
+        terminal
+            .draw(|f| app.render(f))
+            .map_err(|e| Error::Other(format!("drawing the terminal UI: {e}")))?;
+        if app.quit.is_some() {
+            return Ok(());
+        }
+        let mut wait = FRAME;
+        // Take every key already typed before drawing again.
+        while let Some(ev) =
+            next_event(wait).map_err(|e| Error::Other(format!("reading the terminal: {e}")))?
+        {
+            if let Event::Key(key) = ev {
+                app.on_key(key);
+            }
+            if app.quit.is_some() {
+                break;
+            }
+            wait = Duration::ZERO;
+        }
+    }
+}
+
+fn finish(app: App) -> UiExit {
+    let choice = app.quit.unwrap_or(QuitChoice::Plain);
+    let training = app
+        .live
+        .into_iter()
+        .filter(|l| !l.ended)
+        .map(|l| {
+            let (step, total) = (l.history.step, l.history.total_steps);
+            (l.handle, step, total)
+        })
+        .collect();
+    UiExit { choice, training }
+}
