@@ -527,6 +527,7 @@ impl App {
             KeyCode::Home | KeyCode::Char('g') => self.runs.selected = 0,
             KeyCode::End | KeyCode::Char('G') => self.runs.selected = n.saturating_sub(1),
             KeyCode::Char('/') => {
+                self.runs.filter.clear();
                 self.runs.filtering = true;
             }
             KeyCode::Esc => {
@@ -733,6 +734,25 @@ impl App {
                 history: RunHistory::from_events(id, &events),
             });
         }
+        // Runs of one config share a name: the id tells them apart.
+        let names: Vec<String> = runs.iter().map(|r| r.name.clone()).collect();
+        let suffix = |id: &str| {
+            id.get(16..)
+                .filter(|s| !s.is_empty())
+                .unwrap_or(id)
+                .to_string()
+        };
+        let suffixes: Vec<String> = runs.iter().map(|r| suffix(&r.id)).collect();
+        for r in &mut runs {
+            if names.iter().filter(|n| **n == r.name).count() > 1 {
+                let s = suffix(&r.id);
+                r.name = if suffixes.iter().filter(|x| **x == s).count() > 1 {
+                    r.id.clone()
+                } else {
+                    s
+                };
+            }
+        }
         self.compare = Some(CompareState {
             differing: differing_keys(&configs),
             runs,
@@ -791,7 +811,11 @@ impl App {
                 }
             }
             KeyCode::Enter | KeyCode::Char('i') => ed.begin_entry(),
-            KeyCode::Char('/') => ed.filtering = true,
+            KeyCode::Char('/') => {
+                // A new search, as in less and vim.
+                ed.filter.clear();
+                ed.filtering = true;
+            }
             KeyCode::Char('u') | KeyCode::Delete => ed.reset_selected(),
             KeyCode::Esc => {
                 if !ed.filter.is_empty() {

@@ -352,7 +352,11 @@ impl EditorState {
     /// Keeps the selection on a field the filter shows.
     pub fn fix_selection(&mut self) {
         let visible = self.visible();
-        if !visible.contains(&self.selected) {
+        // A key named exactly as typed wins (`steps` is train.steps).
+        let f = self.filter.to_lowercase();
+        if let Some(&exact) = visible.iter().find(|&&i| self.fields[i].key == f) {
+            self.selected = exact;
+        } else if !visible.contains(&self.selected) {
             if let Some(&first) = visible.first() {
                 self.selected = first;
             }
@@ -552,9 +556,10 @@ fn names_field(msg: &str, f: &Field) -> bool {
 
 /// A config error without the file name in front (the form has no file).
 fn short_message(msg: &str) -> String {
+    let msg = msg.replace(" (set by --set)", "");
     match msg.find(": [") {
         Some(i) => msg[i + 2..].to_string(),
-        None => msg.to_string(),
+        None => msg,
     }
 }
 

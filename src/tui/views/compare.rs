@@ -53,7 +53,7 @@ fn render_chart(c: &CompareState, theme: &Theme, frame: &mut Frame, area: Rect) 
                 &r.history.train_loss
             };
             Series {
-                name: clip(&r.name, 24),
+                name: clip(&r.name, 32),
                 points: curve.xy(c.axis, c.smoothing),
                 color: theme.series(i),
             }
@@ -98,7 +98,7 @@ fn run_header(c: &CompareState, theme: &Theme, first: &str) -> Row<'static> {
     let mut cells = vec![Cell::from(first.to_string()).style(theme.muted())];
     for (i, r) in c.runs.iter().enumerate() {
         cells.push(
-            Cell::from(clip(&r.name, 22)).style(ratatui::style::Style::new().fg(theme.series(i))),
+            Cell::from(clip(&r.name, 30)).style(ratatui::style::Style::new().fg(theme.series(i))),
         );
     }
     Row::new(cells)
@@ -250,18 +250,18 @@ fn render_samples(c: &CompareState, theme: &Theme, frame: &mut Frame, area: Rect
         );
         return;
     }
-    let w = inner.width.saturating_sub(14) as usize;
+    let w = inner.width.saturating_sub(21) as usize;
     let mut lines = Vec::new();
     for input in inputs {
         lines.push(Line::from(vec![
             Span::styled("in  ", theme.muted()),
-            Span::styled(clip(input, w + 10), theme.text()),
+            Span::styled(clip(input, w + 17), theme.text()),
         ]));
         for (i, r) in c.runs.iter().enumerate() {
             if let Some(s) = r.history.samples.iter().find(|s| s.input == input) {
                 lines.push(Line::from(vec![
                     Span::styled(
-                        format!("{:<10}", clip(&r.name, 9)),
+                        format!("{:<15}", clip(&r.name, 14)),
                         ratatui::style::Style::new().fg(theme.series(i)),
                     ),
                     Span::styled(format!("@{:<4}", s.step), theme.muted()),

@@ -223,7 +223,8 @@ fn render_stats(
         (
             "val loss",
             match (val, h.best_val_loss) {
-                (Some(v), Some(b)) => format!("{v:.4} (best {b:.4})"),
+                (Some(v), Some(b)) if (v - b).abs() < 1e-12 => format!("{v:.4} (best)"),
+                (Some(v), Some(b)) => format!("{v:.3} (best {b:.3})"),
                 _ => "-".into(),
             },
         ),
@@ -234,6 +235,7 @@ fn render_stats(
         (
             "memory",
             app.memory
+                .filter(|_| app.live_run(&h.id).is_some())
                 .map(|b| format!("{:.2} GiB RSS", b as f64 / (1u64 << 30) as f64))
                 .unwrap_or_else(|| "-".into()),
         ),

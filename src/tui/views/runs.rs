@@ -97,7 +97,7 @@ pub fn render(app: &App, frame: &mut Frame, area: Rect) {
             "steps",
             "best val",
             "tokens/s",
-            "started (UTC)",
+            if wide { "started (UTC)" } else { "UTC" },
         ]
         .into_iter()
         .map(|h| Cell::from(h).style(theme.muted())),
@@ -121,7 +121,7 @@ pub fn render(app: &App, frame: &mut Frame, area: Rect) {
             };
             Row::new(vec![
                 Cell::from(mark).style(theme.accent()),
-                Cell::from(clip(&name, if wide { 80 } else { 36 })),
+                Cell::from(clip(&name, if wide { 80 } else { 40 })),
                 Cell::from(r.status.as_str()).style(status_style(r.status, theme)),
                 Cell::from(r.steps.to_string()),
                 Cell::from(
@@ -130,7 +130,19 @@ pub fn render(app: &App, frame: &mut Frame, area: Rect) {
                         .unwrap_or("-".into()),
                 ),
                 Cell::from(r.tokens_per_sec.map(short).unwrap_or("-".into())),
-                Cell::from(r.started.map(utc_date).unwrap_or("-".into())),
+                Cell::from(
+                    r.started
+                        .map(|t| {
+                            let d = utc_date(t);
+                            // 80 columns: the year goes, the run's name stays.
+                            if wide {
+                                d
+                            } else {
+                                d[5..].to_string()
+                            }
+                        })
+                        .unwrap_or("-".into()),
+                ),
             ])
         })
         .collect();
@@ -138,10 +150,10 @@ pub fn render(app: &App, frame: &mut Frame, area: Rect) {
         Constraint::Length(1),
         Constraint::Min(20),
         Constraint::Length(8),
-        Constraint::Length(7),
+        Constraint::Length(6),
         Constraint::Length(8),
         Constraint::Length(8),
-        Constraint::Length(16),
+        Constraint::Length(if wide { 16 } else { 11 }),
     ];
     let table = Table::new(rows, widths)
         .header(header)
