@@ -1,0 +1,178 @@
+//! The terminal UI in a real terminal: tmux runs `t5-tui` against a
+//! temporary run store; the test starts the demo experiment (made small)
+//! from the UI, raises the learning rate with `+`, and reads the screen
+//! with `capture-pane`: steps advance, the change shows, and
+//! `events.jsonl` records it. CI installs tmux; elsewhere the test says
+//! it was skipped when tmux is missing.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+struct Tmux {
+    session: String,
+}
+
+impl Tmux {
+    fn start(home: &Path, cwd: &Path) -> Tmux {
+        let session = format!("t5tui-test-{}", std::process::id());
+        let bin = env!("CARGO_BIN_EXE_t5-tui");
+        let cmd = format!(
+            "cd '{}' && env T5_TUI_HOME='{}' '{}'; echo t5-tui exited $?; sleep 30",
+            cwd.display(),
+            home.display(),
+            bin
+        );
+        let ok = Command::new("tmux")
+            .args(["new-session", "-d", "-s", &session, "-x", "100", "-y", "30", &cmd])
+            .status()
+            .expect("tmux runs")
+            .success();
+        assert!(ok, "tmux new-session failed");
+        Tmux { session }
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        for k in keys {
+            let ok = Command::new("tmux")
+                .args(["send-keys", "-t", &self.session, k])
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "send-keys {k}");
+            std::thread::sleep(Duration::from_millis(60));
+        }
+    }
+
+    /// Types text literally (no key names).
+    fn text(&self, text: &str) {
+        let ok = Command::new("tmux")
+            .args(["send-keys", "-t", &self.session, "-l", text])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        std::thread::sleep(Duration::from_millis(60));
+    }
+
+    fn screen(&self) -> String {
+        let out = Command::new("tmux")
+            .args(["capture-pane", "-p", "-t", &self.session])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Waits until the screen satisfies `ok`; panics with the screen after `secs`.
+    fn wait_for(&self, what: &str, secs: u64, ok: impl Fn(&str) -> bool) -> String {
+        let until = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let s = self.screen();
+            if ok(&s) {
+                return s;
+            }
+            if Instant::now() > until {
+                panic!("waited {secs}s for {what}; the screen:\n{s}");
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["kill-session", "-t", &self.session])
+            .status();
+    }
+}
+
+/// The step the dashboard's gauge shows (`step 7/30`).
+fn gauge_step(screen: &str, total: u64) -> Option<u64> {
+    let tail = format!("/{total} ·");
+    screen.lines().find_map(|l| {
+        let end = l.find(&tail)?;
+        let start = l[..end].rfind("step ")? + 5;
+        l[start..end].trim().parse().ok()
+    })
+}
+
+fn have_tmux() -> bool {
+    Command::new("tmux").arg("-V").output().is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn the_demo_starts_from_the_ui_and_the_learning_rate_key_changes_it() {
+    if !have_tmux() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "tmux is missing on CI: .ci/run installs it"
+        );
+        eprintln!("skipped: tmux is not installed (apt-get install tmux)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let t = Tmux::start(&home, dir.path());
+    t.wait_for("the first-launch offer", 30, |s| s.contains("No runs yet"));
+    t.keys(&["Enter"]);
+    t.wait_for("the editor", 20, |s| s.contains("editor · demo-pretrain"));
+    // The demo, made small enough to train in seconds here.
+    let total = 30u64;
+    for (key, value) in [
+        ("steps", total.to_string()),
+        ("vocab_size", "3072".into()),
+        ("num_layers", "2".into()),
+        ("num_decoder_layers", "2".into()),
+        ("batch_size", "4".into()),
+        ("input_length", "64".into()),
+        ("warmup_steps", "0".into()),
+        ("schedule", "constant".into()),
+    ] {
+        t.keys(&["/"]);
+        t.text(key);
+        t.keys(&["Enter", "Enter", "C-u"]);
+        t.text(&value);
+        t.keys(&["Enter"]);
+    }
+    let s = t.wait_for("a valid form", 10, |s| s.contains("ready to start"));
+    assert!(!s.contains("invalid"), "{s}");
+    t.keys(&["s"]);
+    let s = t.wait_for("two steps on the dashboard", 240, |s| {
+        gauge_step(s, total).is_some_and(|n| n >= 2)
+    });
+    let before = gauge_step(&s, total).unwrap();
+    assert!(s.contains("[training]"), "{s}");
+    t.keys(&["+"]);
+    // The worker's echo: the log line, and the new rate in the stats.
+    t.keys(&["Tab"]);
+    let s = t.wait_for("the learning-rate change in the log", 60, |s| {
+        s.contains("(by the user)")
+    });
+    assert!(s.contains("learning rate 3.000e-3 -> 3.750e-3"), "{s}");
+    let s = t.wait_for("steps advancing after the change", 120, |s| {
+        gauge_step(s, total).is_some_and(|n| n > before + 1) && s.contains("lr         3.750e-3")
+    });
+    assert!(gauge_step(&s, total).unwrap() > before);
+    // Stop (with its confirmation), then quit.
+    t.keys(&["x", "y"]);
+    t.wait_for("the run to stop", 120, |s| s.contains("[stopped]") || s.contains("[finished]"));
+    t.keys(&["q"]);
+    t.wait_for("the process to exit cleanly", 20, |s| s.contains("t5-tui exited 0"));
+
+    // events.jsonl has the change, made by the user, and the end.
+    let runs: Vec<_> = std::fs::read_dir(home.join("runs"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .collect();
+    assert_eq!(runs.len(), 1);
+    let log = std::fs::read_to_string(runs[0].path().join("events.jsonl")).unwrap();
+    let change = log
+        .lines()
+        .find(|l| l.contains("\"event\":\"lr_changed\""))
+        .expect("an lr_changed event in events.jsonl");
+    assert!(change.contains("\"by\":\"user\""), "{change}");
+    assert!(change.contains("\"to\":0.00375"), "{change}");
+    assert!(log.lines().last().unwrap().contains("\"event\":\"finished\""));
+}
