@@ -32,7 +32,8 @@ fn history(id: &str, steps: u64, scale: f64) -> RunHistory {
         time: 0.0,
     });
     for s in 1..=steps {
-        let loss = scale * (-(s as f64) / (steps as f64 / 5.0)).exp() + 2.0 + ((s % 17) as f64) * 0.01;
+        let loss =
+            scale * (-(s as f64) / (steps as f64 / 5.0)).exp() + 2.0 + ((s % 17) as f64) * 0.01;
         h.apply(&TrainEvent::Step {
             step: s,
             tokens_seen: s * 2512,

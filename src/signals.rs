@@ -4,7 +4,7 @@
 //! signal ends the process at once; the run then resumes from its last
 //! checkpoint.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Mutex, OnceLock};
 
@@ -12,6 +12,11 @@ use crate::train::Control;
 
 static STOPS: Mutex<Vec<Sender<Control>>> = Mutex::new(Vec::new());
 static RECEIVED: AtomicU32 = AtomicU32::new(0);
+/// When the first signal came (milliseconds since the epoch).
+static FIRST_AT: AtomicU64 = AtomicU64::new(0);
+/// Signals within this long of the first count as the same one: `timeout`
+/// and a closing terminal signal the process and its group at once.
+const SAME_SIGNAL_MS: u64 = 1000;
 static INSTALLED: OnceLock<bool> = OnceLock::new();
 
 /// Installs the handler (once per process); false when another handler
@@ -19,6 +24,16 @@ static INSTALLED: OnceLock<bool> = OnceLock::new();
 pub fn install() -> bool {
     *INSTALLED.get_or_init(|| {
         ctrlc::set_handler(|| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let first = FIRST_AT.load(Ordering::SeqCst);
+            if first != 0 && now.saturating_sub(first) < SAME_SIGNAL_MS {
+                return;
+            }
+            if first == 0 {
+                FIRST_AT.store(now, Ordering::SeqCst);
+            }
             let n = RECEIVED.fetch_add(1, Ordering::SeqCst) + 1;
             if n > 1 {
                 eprintln!("\nstopping now; the run resumes from its last checkpoint");

@@ -318,13 +318,14 @@ fn t5_tui(args: &[&str]) -> (i32, String, String) {
 }
 
 #[test]
-fn no_arguments_prints_help() {
+fn no_arguments_without_a_terminal_points_to_the_headless_commands() {
+    // Output captured: no terminal, so no UI drawn into a pipe.
     let (code, out, err) = t5_tui(&[]);
-    assert_eq!(code, 0, "{err}");
-    assert!(out.contains("not built yet"), "{out}");
+    assert_eq!(code, 2, "{out}");
+    assert!(out.is_empty(), "{out}");
     assert!(
-        out.contains("config check") && out.contains("model info"),
-        "{out}"
+        err.contains("needs a terminal") && err.contains("--headless"),
+        "{err}"
     );
 }
 

@@ -15,16 +15,31 @@ struct Tmux {
 
 impl Tmux {
     fn start(home: &Path, cwd: &Path) -> Tmux {
-        let session = format!("t5tui-test-{}", std::process::id());
+        Tmux::start_with(home, cwd, "", "main")
+    }
+
+    /// `t5-tui ARGS` in a new 100x30 session named after the test.
+    fn start_with(home: &Path, cwd: &Path, args: &str, name: &str) -> Tmux {
+        let session = format!("t5tui-test-{}-{name}", std::process::id());
         let bin = env!("CARGO_BIN_EXE_t5-tui");
         let cmd = format!(
-            "cd '{}' && env T5_TUI_HOME='{}' '{}'; echo t5-tui exited $?; sleep 30",
+            "cd '{}' && env T5_TUI_HOME='{}' '{}' {args} 2>>stderr.log; echo t5-tui exited $?; sleep 30",
             cwd.display(),
             home.display(),
             bin
         );
         let ok = Command::new("tmux")
-            .args(["new-session", "-d", "-s", &session, "-x", "100", "-y", "30", &cmd])
+            .args([
+                "new-session",
+                "-d",
+                "-s",
+                &session,
+                "-x",
+                "100",
+                "-y",
+                "30",
+                &cmd,
+            ])
             .status()
             .expect("tmux runs")
             .success();
@@ -97,18 +112,29 @@ fn gauge_step(screen: &str, total: u64) -> Option<u64> {
     })
 }
 
+/// Whether the test can run: tmux is here, or (not on CI) it says it skipped.
+fn tmux_or_skip() -> bool {
+    if have_tmux() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "tmux is missing on CI: .ci/run installs it"
+    );
+    eprintln!("skipped: tmux is not installed (apt-get install tmux)");
+    false
+}
+
 fn have_tmux() -> bool {
-    Command::new("tmux").arg("-V").output().is_ok_and(|o| o.status.success())
+    Command::new("tmux")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 #[test]
 fn the_demo_starts_from_the_ui_and_the_learning_rate_key_changes_it() {
-    if !have_tmux() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "tmux is missing on CI: .ci/run installs it"
-        );
-        eprintln!("skipped: tmux is not installed (apt-get install tmux)");
+    if !tmux_or_skip() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -156,9 +182,13 @@ fn the_demo_starts_from_the_ui_and_the_learning_rate_key_changes_it() {
     assert!(gauge_step(&s, total).unwrap() > before);
     // Stop (with its confirmation), then quit.
     t.keys(&["x", "y"]);
-    t.wait_for("the run to stop", 120, |s| s.contains("[stopped]") || s.contains("[finished]"));
+    t.wait_for("the run to stop", 120, |s| {
+        s.contains("[stopped]") || s.contains("[finished]")
+    });
     t.keys(&["q"]);
-    t.wait_for("the process to exit cleanly", 20, |s| s.contains("t5-tui exited 0"));
+    t.wait_for("the process to exit cleanly", 20, |s| {
+        s.contains("t5-tui exited 0")
+    });
 
     // events.jsonl has the change, made by the user, and the end.
     let runs: Vec<_> = std::fs::read_dir(home.join("runs"))
@@ -174,5 +204,89 @@ fn the_demo_starts_from_the_ui_and_the_learning_rate_key_changes_it() {
         .expect("an lr_changed event in events.jsonl");
     assert!(change.contains("\"by\":\"user\""), "{change}");
     assert!(change.contains("\"to\":0.00375"), "{change}");
-    assert!(log.lines().last().unwrap().contains("\"event\":\"finished\""));
+    assert!(log
+        .lines()
+        .last()
+        .unwrap()
+        .contains("\"event\":\"finished\""));
+}
+
+#[test]
+fn closing_the_terminal_stops_the_run_with_a_checkpoint_and_ends_the_process() {
+    if !tmux_or_skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let mut text = String::new();
+    for i in 0..300 {
+        text.push_str(&format!(
+            "the {} cat sees the {} dog on day {i}.\n",
+            i % 7,
+            i % 11
+        ));
+    }
+    std::fs::write(dir.path().join("corpus.txt"), text).unwrap();
+    std::fs::write(
+        dir.path().join("exp.toml"),
+        r#"name = "hangup"
+[model]
+vocab_size = 128
+d_model = 32
+d_ff = 64
+num_layers = 1
+num_heads = 2
+[tokenizer]
+vocab_size = 50
+extra_ids = 10
+[data]
+sources = ["corpus.txt"]
+[objective]
+input_length = 24
+[train]
+device = "cpu"
+batch_size = 4
+steps = 1000000
+[checkpoint]
+every_steps = 0
+"#,
+    )
+    .unwrap();
+    // `t5-tui train CONFIG` in a terminal opens the run's dashboard.
+    let t = Tmux::start_with(&home, dir.path(), "train exp.toml", "hangup");
+    t.wait_for("steps on the dashboard", 120, |s| {
+        s.contains("[training]") && gauge_step(s, 1_000_000).is_some_and(|n| n >= 3)
+    });
+    let runs = home.join("runs");
+    let id = std::fs::read_dir(&runs)
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .file_name();
+    let events = runs.join(&id).join("events.jsonl");
+    // Close the terminal: tmux hangs up on the process (SIGHUP).
+    let _ = Command::new("tmux")
+        .args(["kill-session", "-t", &t.session])
+        .status();
+    let until = Instant::now() + Duration::from_secs(60);
+    let store = t5_tui::runs::RunStore::at(&home);
+    let run = store.open(id.to_str().unwrap()).unwrap();
+    loop {
+        let log = std::fs::read_to_string(&events).unwrap();
+        let last = log.lines().last().unwrap_or_default().to_string();
+        // Stopped, with a checkpoint, and no process holds the run.
+        if last.contains("\"reason\":\"stopped\"") && !run.is_locked() {
+            assert!(log.contains("\"event\":\"checkpoint\""), "{log}");
+            assert_eq!(run.status(), t5_tui::runs::RunStatus::Stopped);
+            assert!(run.latest_checkpoint().is_some());
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the run did not stop after the terminal closed; last event: {last}; stderr: {}",
+            std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }

@@ -143,6 +143,10 @@ pub(crate) fn ui(
         }
         code = code.max(train::follow_handle(handle, Some((step, total)), out, err));
     }
+    if let Some(e) = exit.error {
+        report(err, &e);
+        code = code.max(2);
+    }
     code
 }
 

@@ -208,6 +208,8 @@ pub struct App {
     pub memory: Option<u64>,
     /// Whether `tick` samples the memory (off in snapshot tests).
     pub measure_memory: bool,
+    /// Whether live runs are stopped by SIGTERM and SIGHUP (the real UI).
+    pub stop_on_signal: bool,
     /// Where `configs/` and relative paths are looked for.
     pub workdir: PathBuf,
     last_refresh: Option<Instant>,
@@ -232,6 +234,7 @@ impl App {
             compare_pane: 0,
             memory: None,
             measure_memory: true,
+            stop_on_signal: false,
             workdir,
             last_refresh: None,
         };
@@ -664,6 +667,11 @@ impl App {
     /// Shows a worker just started on the dashboard.
     pub fn watch_live(&mut self, handle: TrainHandle) {
         let id = handle.run_id.clone();
+        if self.stop_on_signal {
+            // SIGTERM or a closed terminal stops it with a checkpoint even
+            // if the UI cannot react.
+            crate::signals::stop_on_signal(handle.controls());
+        }
         let mut history = RunHistory::new(&id);
         // A resumed run's dashboard starts with its past.
         if let Ok(read) = crate::runs::read_events(&handle.run_dir.join("events.jsonl")) {

@@ -50,6 +50,8 @@ pub struct UiExit {
     pub choice: QuitChoice,
     /// `(handle, step, total_steps)` of each run still training.
     pub training: Vec<(TrainHandle, u64, u64)>,
+    /// What broke the UI, if something did (a closed terminal).
+    pub error: Option<Error>,
 }
 
 /// The theme the environment and options ask for.
@@ -78,6 +80,7 @@ pub fn run(store: RunStore, options: UiOptions) -> Result<UiExit> {
     let theme = choose_theme(options.theme.as_deref())?;
     let workdir = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
     let mut app = App::new(store, theme, workdir);
+    app.stop_on_signal = true;
     if let Some(h) = options.start {
         app.watch_live(h);
     }
@@ -86,16 +89,46 @@ pub fn run(store: RunStore, options: UiOptions) -> Result<UiExit> {
     // `try_init` installs a panic hook that restores the terminal first.
     let mut terminal = ratatui::try_init()
         .map_err(|e| Error::Other(format!("cannot set up the terminal: {e}")))?;
+    // Keys are read on a thread of their own: crossterm spins in its read
+    // once the terminal hangs up, and the loop must still see the signal.
+    let (keys_tx, keys_rx) = std::sync::mpsc::channel();
+    let reader = std::thread::Builder::new()
+        .name("t5-tui-input".into())
+        .spawn(move || {
+            while let Ok(ev) = event::read() {
+                if keys_tx.send(ev).is_err() {
+                    break;
+                }
+            }
+        });
+    if let Err(e) = reader {
+        ratatui::restore();
+        return Err(Error::Other(format!("cannot start the input thread: {e}")));
+    }
     let result = run_loop(&mut terminal, &mut app, |timeout| {
-        if event::poll(timeout)? {
-            Ok(Some(event::read()?))
-        } else {
-            Ok(None)
+        if terminal_hung_up() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the terminal was closed",
+            ));
+        }
+        match keys_rx.recv_timeout(timeout) {
+            Ok(ev) => Ok(Some(ev)),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Ok(None),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the terminal stopped sending input",
+            )),
         }
     });
     ratatui::restore();
-    result?;
-    Ok(finish(app))
+    if result.is_err() && app.quit.is_none() {
+        // The terminal failed under the UI: the runs still stop cleanly.
+        app.quit = Some(QuitChoice::StopRuns);
+    }
+    let mut exit = finish(app);
+    exit.error = result.err();
+    Ok(exit)
 }
 
 /// The loop: take in events, draw, wait for a key; until `app.quit`.
@@ -118,9 +151,18 @@ pub fn run_loop<B: Backend>(
         }
         let mut wait = FRAME;
         // Take every key already typed before drawing again.
-        while let Some(ev) =
-            next_event(wait).map_err(|e| Error::Other(format!("reading the terminal: {e}")))?
-        {
+        loop {
+            let ev = match next_event(wait) {
+                Ok(Some(ev)) => ev,
+                Ok(None) => break,
+                // The terminal is gone (closed, hung up): stop the runs
+                // with a checkpoint, as SIGHUP asks.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                    app.quit = Some(QuitChoice::StopRuns);
+                    return Ok(());
+                }
+                Err(e) => return Err(Error::Other(format!("reading the terminal: {e}"))),
+            };
             if let Event::Key(key) = ev {
                 app.on_key(key);
             }
@@ -130,6 +172,25 @@ pub fn run_loop<B: Backend>(
             wait = Duration::ZERO;
         }
     }
+}
+
+/// Whether stdin's terminal has hung up. crossterm would spin on such a
+/// terminal (its reads return 0 bytes forever), so the loop asks first.
+#[cfg(unix)]
+fn terminal_hung_up() -> bool {
+    let mut fds = libc::pollfd {
+        fd: 0,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, a zero timeout.
+    let n = unsafe { libc::poll(&mut fds, 1, 0) };
+    n > 0 && fds.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
+}
+
+#[cfg(not(unix))]
+fn terminal_hung_up() -> bool {
+    false
 }
 
 fn finish(app: App) -> UiExit {
@@ -143,5 +204,9 @@ fn finish(app: App) -> UiExit {
             (l.handle, step, total)
         })
         .collect();
-    UiExit { choice, training }
+    UiExit {
+        choice,
+        training,
+        error: None,
+    }
 }

@@ -82,6 +82,20 @@ fn render_head(
     let block = panel(Line::from(title), theme);
     let inner = block.inner(area);
     frame.render_widget(block, area);
+    // A failure or a pause says why where the eye goes first.
+    let why = match &h.phase {
+        Phase::Failed(e) => Some((format!("failed: {e}"), theme.error())),
+        Phase::Paused(r) => Some((format!("paused: {r}"), theme.warning())),
+        _ => None,
+    };
+    if let Some((text, style)) = why {
+        frame.render_widget(
+            Paragraph::new(Line::styled(clip(&text, inner.width as usize * 2), style))
+                .wrap(Wrap { trim: true }),
+            inner,
+        );
+        return;
+    }
     let eta = h.eta().map(duration).unwrap_or_else(|| "-".into());
     let label = format!(
         "step {}/{} · {} tokens · elapsed {} · ETA {}",
