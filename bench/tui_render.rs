@@ -112,6 +112,7 @@ fn main() {
             let id = format!("20261203-00000{i}-run{i}");
             CompareRun {
                 name: format!("run{i}"),
+                status: "finished".into(),
                 history: history(&id, 200_000, 6.0 + i as f64),
                 id,
             }

@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 
 use super::{store, write_out};
 use crate::error::{Error, Result};
-use crate::runs::RunSummary;
+use crate::runs::{utc_date, RunSummary};
 use crate::train::events::TrainEvent;
 use crate::train::export::{find_run, TrainedModel};
 
@@ -206,28 +206,6 @@ pub fn runs_table(list: &[RunSummary]) -> String {
     s
 }
 
-/// Seconds since the epoch as `2026-12-03 21:20`.
-pub fn utc_date(secs: f64) -> String {
-    let secs = secs.max(0.0) as i64;
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Howard Hinnant's days-to-civil algorithm.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}",
-        rem / 3600,
-        (rem % 3600) / 60
-    )
-}
-
 pub fn export(args: ExportArgs, out: &mut dyn Write) -> Result<()> {
     let store = store()?;
     let run = find_run(&store, &args.run)?;
@@ -242,16 +220,4 @@ pub fn export(args: ExportArgs, out: &mut dyn Write) -> Result<()> {
             dir.display()
         ),
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::utc_date;
-
-    #[test]
-    fn dates_are_civil() {
-        assert_eq!(utc_date(0.0), "1970-01-01 00:00");
-        assert_eq!(utc_date(951_782_400.0), "2000-02-29 00:00");
-        assert_eq!(utc_date(1_796_333_000.0), "2026-12-03 21:23");
-    }
 }

@@ -361,6 +361,21 @@ fn utc_stamp(t: std::time::SystemTime) -> String {
     )
 }
 
+/// Seconds since the epoch as `2026-12-03 21:20` (UTC), for listings.
+pub fn utc_date(secs: f64) -> String {
+    if !secs.is_finite() || secs < 0.0 {
+        return "-".into();
+    }
+    let secs = secs as i64;
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    let rem = secs.rem_euclid(86_400);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}",
+        rem / 3600,
+        (rem % 3600) / 60
+    )
+}
+
 /// Year, month, day of a count of days since 1970-01-01 (proleptic
 /// Gregorian; Howard Hinnant's algorithm).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
@@ -379,6 +394,14 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dates_are_civil() {
+        assert_eq!(utc_date(0.0), "1970-01-01 00:00");
+        assert_eq!(utc_date(951_782_400.0), "2000-02-29 00:00");
+        assert_eq!(utc_date(1_796_333_000.0), "2026-12-03 21:23");
+        assert_eq!(utc_date(f64::NAN), "-");
+    }
 
     #[test]
     fn slugs() {

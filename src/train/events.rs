@@ -201,6 +201,24 @@ impl TrainEvent {
         }
     }
 
+    /// When it happened (seconds since the Unix epoch).
+    pub fn time(&self) -> f64 {
+        match self {
+            TrainEvent::Started { time, .. }
+            | TrainEvent::Step { time, .. }
+            | TrainEvent::Eval { time, .. }
+            | TrainEvent::Sample { time, .. }
+            | TrainEvent::LrChanged { time, .. }
+            | TrainEvent::Checkpoint { time, .. }
+            | TrainEvent::Paused { time, .. }
+            | TrainEvent::Resumed { time, .. }
+            | TrainEvent::Warning { time, .. }
+            | TrainEvent::Info { time, .. }
+            | TrainEvent::Finished { time, .. }
+            | TrainEvent::Failed { time, .. } => *time,
+        }
+    }
+
     pub fn step(&self) -> Option<u64> {
         match self {
             TrainEvent::Started { step, .. }

@@ -82,6 +82,9 @@ pub struct ViewedRun {
     pub history: RunHistory,
     pub tail: LogTail,
     pub name: String,
+    /// Another process holds the run's lock: it is training there.
+    pub locked: bool,
+    run: crate::runs::Run,
 }
 
 /// Runs overlaid in the compare view.
@@ -99,6 +102,8 @@ pub struct CompareState {
 pub struct CompareRun {
     pub id: String,
     pub name: String,
+    /// As the run store says it (a run no process trains is crashed).
+    pub status: String,
     pub history: RunHistory,
 }
 
@@ -296,6 +301,7 @@ impl App {
             for e in v.tail.read_new() {
                 v.history.apply(&e);
             }
+            v.locked = v.run.is_locked();
         }
         if self.measure_memory {
             self.memory = resident_memory();
@@ -713,6 +719,8 @@ impl App {
             history,
             tail,
             name: run.name(),
+            locked: run.is_locked(),
+            run,
         });
     }
 
@@ -739,6 +747,7 @@ impl App {
             runs.push(CompareRun {
                 id: id.clone(),
                 name,
+                status: run.status().as_str().to_string(),
                 history: RunHistory::from_events(id, &events),
             });
         }

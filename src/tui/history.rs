@@ -337,7 +337,7 @@ impl RunHistory {
     pub fn apply(&mut self, event: &TrainEvent) {
         self.events += 1;
         if self.first_time.is_none() {
-            self.first_time = event_time(event);
+            self.first_time = Some(event.time()).filter(|t| t.is_finite());
         }
         match event {
             TrainEvent::Started {
@@ -473,24 +473,6 @@ impl RunHistory {
         }
         (self.step as f64 / self.total_steps as f64).clamp(0.0, 1.0)
     }
-}
-
-fn event_time(e: &TrainEvent) -> Option<f64> {
-    let t = match e {
-        TrainEvent::Started { time, .. }
-        | TrainEvent::Step { time, .. }
-        | TrainEvent::Eval { time, .. }
-        | TrainEvent::Sample { time, .. }
-        | TrainEvent::LrChanged { time, .. }
-        | TrainEvent::Checkpoint { time, .. }
-        | TrainEvent::Paused { time, .. }
-        | TrainEvent::Resumed { time, .. }
-        | TrainEvent::Warning { time, .. }
-        | TrainEvent::Info { time, .. }
-        | TrainEvent::Finished { time, .. }
-        | TrainEvent::Failed { time, .. } => *time,
-    };
-    t.is_finite().then_some(t)
 }
 
 #[cfg(test)]

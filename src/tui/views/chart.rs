@@ -80,7 +80,12 @@ pub fn draw(
         y1 += pad;
     } else {
         let pad = (y1 - y0) * 0.05;
-        y0 -= pad;
+        // Positive data (a learning rate) keeps its axis above zero.
+        y0 = if y0 >= 0.0 && !log_y {
+            (y0 - pad).max(0.0)
+        } else {
+            y0 - pad
+        };
         y1 += pad;
     }
     let mark_lines: Vec<[(f64, f64); 2]> = marks

@@ -155,7 +155,10 @@ fn render_metrics(c: &CompareState, theme: &Theme, frame: &mut Frame, area: Rect
         c.runs.iter().map(|r| f(&r.history)).collect()
     };
     let mut rows: Vec<(String, Vec<String>)> = vec![
-        ("status".into(), each(&|h| h.phase.label().to_string())),
+        (
+            "status".into(),
+            c.runs.iter().map(|r| r.status.clone()).collect(),
+        ),
         ("steps".into(), each(&|h| h.step.to_string())),
         ("tokens seen".into(), each(&|h| short(h.tokens_seen as f64))),
         (

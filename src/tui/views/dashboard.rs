@@ -26,6 +26,8 @@ pub fn render(app: &App, frame: &mut Frame, area: Rect) {
         .map(|v| v.name.clone())
         .unwrap_or_default();
     let live = app.live_run(&h.id).is_some_and(|l| !l.ended);
+    // Trained by another process right now (headless), or by nobody.
+    let elsewhere = app.viewed.as_ref().is_some_and(|v| v.locked);
     let tall = area.height >= 34;
     let [head, main, lower] = Layout::vertical([
         Constraint::Length(3),
@@ -33,7 +35,7 @@ pub fn render(app: &App, frame: &mut Frame, area: Rect) {
         Constraint::Min(6),
     ])
     .areas(area);
-    render_head(h, &name, live, theme, frame, head);
+    render_head(h, &name, live, elsewhere, theme, frame, head);
 
     let stats_width = if area.width >= 120 { 34 } else { 28 };
     let [loss_area, stats_area] =
@@ -59,25 +61,37 @@ fn render_head(
     h: &RunHistory,
     name: &str,
     live: bool,
+    elsewhere: bool,
     theme: &Theme,
     frame: &mut Frame,
     area: Rect,
 ) {
-    let phase_style = match &h.phase {
-        Phase::Failed(_) => theme.error(),
-        Phase::Paused(_) => theme.warning(),
-        Phase::Finished(_) => theme.good(),
-        _ => theme.accent(),
+    // Not over, yet nobody trains it: the process died.
+    let crashed = !live && !elsewhere && !h.phase.is_over() && h.events > 0;
+    let (label, phase_style) = match &h.phase {
+        _ if crashed => ("crashed", theme.warning()),
+        Phase::Failed(_) => (h.phase.label(), theme.error()),
+        Phase::Paused(_) => (h.phase.label(), theme.warning()),
+        Phase::Finished(_) => (h.phase.label(), theme.good()),
+        _ => (h.phase.label(), theme.accent()),
     };
     let mut title = vec![
         Span::styled(format!(" {} ", h.id), theme.title()),
-        Span::styled(format!("[{}] ", h.phase.label()), phase_style),
+        Span::styled(format!("[{label}] "), phase_style),
     ];
     if !name.is_empty() && !h.id.ends_with(name) {
         title.push(Span::styled(format!("{name} "), theme.muted()));
     }
-    if !live && !h.phase.is_over() && h.events > 0 {
-        title.push(Span::styled("(followed from its log) ", theme.muted()));
+    if elsewhere {
+        title.push(Span::styled(
+            "(trained by another process; followed from its log) ",
+            theme.muted(),
+        ));
+    } else if crashed {
+        title.push(Span::styled(
+            "(no process trains it: r on the run list resumes it) ",
+            theme.muted(),
+        ));
     }
     let block = panel(Line::from(title), theme);
     let inner = block.inner(area);
@@ -96,7 +110,11 @@ fn render_head(
         );
         return;
     }
-    let eta = h.eta().map(duration).unwrap_or_else(|| "-".into());
+    let eta = h
+        .eta()
+        .filter(|_| live || elsewhere)
+        .map(duration)
+        .unwrap_or_else(|| "-".into());
     let label = format!(
         "step {}/{} · {} tokens · elapsed {} · ETA {}",
         h.step,

@@ -303,30 +303,7 @@ fn render_modal(app: &App, modal: &Modal, frame: &mut Frame, area: Rect) {
     );
 }
 
-/// `1796338627` → `2026-12-03 22:57` (UTC).
-pub fn utc_date(secs: f64) -> String {
-    if !secs.is_finite() || secs < 0.0 {
-        return "-".into();
-    }
-    let s = secs as i64;
-    let days = s.div_euclid(86_400);
-    let rem = s.rem_euclid(86_400);
-    // Howard Hinnant's days-to-civil algorithm.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60
-    )
-}
+pub use crate::runs::utc_date;
 
 /// `3725` → `1h02m`, `65` → `1m05s`.
 pub fn duration(secs: f64) -> String {
@@ -360,10 +337,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dates_and_durations() {
-        assert_eq!(utc_date(0.0), "1970-01-01 00:00");
-        assert_eq!(utc_date(1_796_338_627.0), "2026-12-03 22:57");
-        assert_eq!(utc_date(951_782_400.0), "2000-02-29 00:00");
+    fn durations_and_clipping() {
         assert_eq!(duration(65.0), "1m05s");
         assert_eq!(duration(3725.0), "1h02m");
         assert_eq!(clip("abcdef", 4), "abc…");
