@@ -97,6 +97,10 @@ pub struct GenerateArgs {
     /// Do not put the run's task prefix before the inputs.
     #[arg(long)]
     pub no_prefix: bool,
+    /// Keep special tokens (sentinels, `</s>`) in the output, as a
+    /// span-corruption model writes them.
+    #[arg(long)]
+    pub special: bool,
     #[command(flatten)]
     pub decode: DecodeArgs,
 }
@@ -185,7 +189,12 @@ pub fn generate(args: GenerateArgs, out: &mut dyn Write) -> Result<()> {
             })
             .collect::<Result<Vec<_>>>()?;
         for ids in run_generate(&tm.model, &prompts, &opts)? {
-            write_out(out, &format!("{}\n", tm.tokenizer.decode(&ids)?))?;
+            let text = if args.special {
+                tm.tokenizer.decode_with_special(&ids)?
+            } else {
+                tm.tokenizer.decode(&ids)?
+            };
+            write_out(out, &format!("{text}\n"))?;
         }
     }
     Ok(())
