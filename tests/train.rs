@@ -434,3 +434,52 @@ fn an_exported_run_loads_as_a_model_folder_and_generates() {
         .to_string();
     assert!(e.contains("no run no-such-run"), "{e}");
 }
+
+#[test]
+fn bf16_compute_tracks_f32_and_keeps_f32_master_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RunStore::at(dir.path().join("home"));
+    let f32_run = start(&store, experiment(dir.path(), "", &[]));
+    let f32_losses = losses(&drain(&f32_run));
+    f32_run.join();
+    let h = start(
+        &store,
+        experiment(dir.path(), "", &["train.dtype=\"bf16\""]),
+    );
+    let run_dir = h.run_dir.clone();
+    let events = drain(&h);
+    h.join();
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, TrainEvent::Warning { .. })),
+        "{events:?}"
+    );
+    let bf16_losses = losses(&events);
+    assert_eq!(bf16_losses.len(), f32_losses.len());
+    for ((s, a), (_, b)) in f32_losses.iter().zip(&bf16_losses) {
+        assert!(b.is_finite(), "step {s}: {b}");
+        // bf16 keeps about three significant digits: the two runs part
+        // slowly, never by much over a dozen steps.
+        assert!(
+            (a - b).abs() / a.abs() < 0.05,
+            "step {s}: f32 {a} vs bf16 {b}"
+        );
+        assert!(
+            a.to_bits() != b.to_bits() || *s == 0,
+            "step {s}: bf16 computed in f32"
+        );
+    }
+    let first: f64 = bf16_losses[..3].iter().map(|x| x.1).sum();
+    let last: f64 = bf16_losses[9..].iter().map(|x| x.1).sum();
+    assert!(last < first, "{bf16_losses:?}");
+    // The checkpoint holds the f32 master weights.
+    let id = run_dir.file_name().unwrap().to_str().unwrap();
+    let (_, ck) = store.open(id).unwrap().latest_checkpoint().unwrap();
+    let tensors =
+        candle_core::safetensors::load(ck.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    assert!(tensors
+        .values()
+        .all(|t| t.dtype() == candle_core::DType::F32));
+}

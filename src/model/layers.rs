@@ -9,17 +9,38 @@ use crate::error::Result;
 
 /// Whether a forward pass trains (dropout on, drawn from a seeded RNG that a
 /// checkpoint can save) or evaluates (dropout off).
+///
+/// It also carries the compute dtype: weights stay as they are (f32 master
+/// weights in training) and are cast on use, so gradients flow back to
+/// them in their own dtype; norms, softmax and the logits stay in f32.
 pub struct ForwardMode {
     rng: Option<ChaCha8Rng>,
+    compute: DType,
 }
 
 impl ForwardMode {
     pub fn eval() -> Self {
-        Self { rng: None }
+        Self {
+            rng: None,
+            compute: DType::F32,
+        }
     }
 
     pub fn train(rng: ChaCha8Rng) -> Self {
-        Self { rng: Some(rng) }
+        Self {
+            rng: Some(rng),
+            compute: DType::F32,
+        }
+    }
+
+    /// Computes activations in `dtype` (f32, bf16, f16).
+    pub fn with_compute(mut self, dtype: DType) -> Self {
+        self.compute = dtype;
+        self
+    }
+
+    pub fn compute(&self) -> DType {
+        self.compute
     }
 
     pub fn is_train(&self) -> bool {
@@ -77,7 +98,10 @@ impl Module for Linear {
         let inner = dims[dims.len() - 1];
         let rows = xs.elem_count() / inner;
         let out = self.weight.dim(0)?;
-        let y = xs.reshape((rows, inner))?.matmul(&self.weight.t()?)?;
+        // A no-op in f32; in bf16 the cast is part of the graph, so the
+        // gradient reaches the f32 weight.
+        let w = self.weight.to_dtype(xs.dtype())?;
+        let y = xs.reshape((rows, inner))?.matmul(&w.t()?)?;
         let mut shape = dims.to_vec();
         *shape.last_mut().expect("a tensor with at least one dim") = out;
         y.reshape(shape)
@@ -227,10 +251,10 @@ impl Attention {
             }
         };
         let scores = q.matmul(&kv.k.t()?)?;
-        let scores = scores.broadcast_add(bias)?;
         let dtype = scores.dtype();
-        let weights =
-            candle_nn::ops::softmax(&scores.to_dtype(DType::F32)?, D::Minus1)?.to_dtype(dtype)?;
+        // Bias, mask and softmax in f32 whatever the compute dtype.
+        let scores = scores.to_dtype(DType::F32)?.broadcast_add(bias)?;
+        let weights = candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(dtype)?;
         let weights = mode.dropout(&weights, dropout)?;
         let out = weights.matmul(&kv.v)?;
         let out = out

@@ -330,19 +330,23 @@ impl T5 {
         let x = self
             .shared
             .index_select(&flat, 0)?
-            .reshape((b, s, self.cfg.d_model))?;
+            .reshape((b, s, self.cfg.d_model))?
+            .to_dtype(mode.compute())?;
         mode.dropout(&x, self.cfg.dropout_rate)
     }
 
+    /// Logits in f32 whatever the compute dtype: the loss and the softmax
+    /// of generation need the range.
     fn lm_logits(&self, h: &Tensor) -> Result<Tensor> {
-        match &self.lm_head {
-            Some(head) => Ok(head.forward(h)?),
+        let logits = match &self.lm_head {
+            Some(head) => head.forward(h)?,
             None => {
                 // v1.0 ties the head to the embedding and rescales first.
                 let h = (h * (self.cfg.d_model as f64).powf(-0.5))?;
-                Ok(Linear::new(self.shared.clone()).forward(&h)?)
+                Linear::new(self.shared.clone()).forward(&h)?
             }
-        }
+        };
+        Ok(logits.to_dtype(DType::F32)?)
     }
 
     /// `[b, 1, rows, k]` additive bias: 0 where `mask` is 1, the dtype's

@@ -300,12 +300,16 @@ impl Worker {
             ));
             exp.model.vocab_size = vocab;
         }
-        if exp.train.dtype != crate::config::Dtype::F32 {
-            note(format!(
-                "dtype {:?} is not implemented yet: training in f32",
-                exp.train.dtype
-            ));
-        }
+        // bf16 computes with f32 master weights and optimizer state; f16
+        // would need loss scaling, which is not built yet.
+        let compute = match exp.train.dtype {
+            crate::config::Dtype::F32 => DType::F32,
+            crate::config::Dtype::Bf16 => DType::BF16,
+            crate::config::Dtype::F16 => {
+                note("dtype f16 needs loss scaling, which is not built yet: computing in f32 (bf16 works)".into());
+                DType::F32
+            }
+        };
 
         let checkpoint = if resumed {
             run.latest_checkpoint()
@@ -403,7 +407,7 @@ impl Worker {
             train_data,
             val_examples,
             controls,
-            mode: ForwardMode::train(rng),
+            mode: ForwardMode::train(rng).with_compute(compute),
             step,
             tokens_seen,
             elapsed,

@@ -392,7 +392,10 @@ impl App {
         let i = names.iter().position(|n| *n == self.theme.name);
         let next = names[i.map_or(0, |i| (i + 1) % names.len())];
         self.theme = Theme::builtin(next);
-        self.say(format!("theme: {next}"));
+        match super::theme::save_theme(self.store.root(), next) {
+            Ok(()) => self.say(format!("theme: {next} (kept for the next launch)")),
+            Err(e) => self.fail(format!("theme: {next}, but it could not be saved: {e}")),
+        }
     }
 
     fn modal_key(&mut self, key: KeyEvent) {

@@ -54,17 +54,22 @@ pub struct UiExit {
     pub error: Option<Error>,
 }
 
-/// The theme the environment and options ask for.
-pub fn choose_theme(name: Option<&str>) -> Result<Theme> {
+/// The theme to start with: `NO_COLOR` turns colour off; else `--theme`,
+/// `T5_TUI_THEME`, the one last chosen with `t` (kept in the store's
+/// `ui.toml`), or `dark`.
+pub fn choose_theme(name: Option<&str>, root: &std::path::Path) -> Result<Theme> {
     if Theme::no_color_requested() {
         return Ok(Theme::monochrome());
     }
-    let name = name
+    let asked = name
         .map(str::to_string)
         .or_else(|| std::env::var("T5_TUI_THEME").ok().filter(|s| !s.is_empty()));
-    match name {
+    match asked {
         Some(n) => Theme::load(&n),
-        None => Ok(Theme::builtin("dark")),
+        // A saved theme that no longer loads is no reason not to start.
+        None => Ok(theme::saved_theme(root)
+            .and_then(|n| Theme::load(&n).ok())
+            .unwrap_or_else(|| Theme::builtin("dark"))),
     }
 }
 
@@ -77,7 +82,7 @@ pub fn run(store: RunStore, options: UiOptions) -> Result<UiExit> {
                 .into(),
         ));
     }
-    let theme = choose_theme(options.theme.as_deref())?;
+    let theme = choose_theme(options.theme.as_deref(), store.root())?;
     let workdir = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
     let mut app = App::new(store, theme, workdir);
     app.stop_on_signal = true;

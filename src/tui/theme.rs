@@ -194,6 +194,32 @@ impl Theme {
     }
 }
 
+/// The UI's own settings file in the run store's root: the theme chosen
+/// with the `t` key, kept for the next launch.
+pub const SETTINGS_FILE: &str = "ui.toml";
+
+#[derive(Debug, Default, serde::Serialize, Deserialize)]
+struct Settings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    theme: Option<String>,
+}
+
+/// The theme saved in `root/ui.toml`, if any (an unreadable file is no choice).
+pub fn saved_theme(root: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(root.join(SETTINGS_FILE)).ok()?;
+    toml::from_str::<Settings>(&text).ok()?.theme
+}
+
+/// Saves the chosen theme for the next launch.
+pub fn save_theme(root: &Path, name: &str) -> Result<()> {
+    std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
+    let text = toml::to_string(&Settings {
+        theme: Some(name.to_string()),
+    })
+    .map_err(|e| Error::Other(e.to_string()))?;
+    crate::fsutil::write_atomic(&root.join(SETTINGS_FILE), text.as_bytes())
+}
+
 pub fn builtin_names() -> Vec<&'static str> {
     BUILTIN_THEMES.iter().map(|(n, _)| *n).collect()
 }
@@ -229,5 +255,13 @@ mod tests {
             "{e}"
         );
         assert!(Theme::load("no-such-theme").is_err());
+    }
+
+    #[test]
+    fn the_chosen_theme_is_kept_for_the_next_launch() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(saved_theme(dir.path()), None);
+        save_theme(dir.path(), "light").unwrap();
+        assert_eq!(saved_theme(dir.path()).as_deref(), Some("light"));
     }
 }
