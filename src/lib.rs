@@ -3,6 +3,7 @@
 //! data pipeline, the trainer and the run store; the TUI and the headless
 //! CLI both drive it.
 
+pub mod alloc;
 pub mod cli;
 pub mod config;
 pub mod data;

@@ -483,3 +483,35 @@ fn bf16_compute_tracks_f32_and_keeps_f32_master_weights() {
         .values()
         .all(|t| t.dtype() == candle_core::DType::F32));
 }
+
+#[test]
+fn f16_trains_with_dynamic_loss_scaling() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RunStore::at(dir.path().join("home"));
+    let h = start(&store, experiment(dir.path(), "", &["train.dtype=\"f16\""]));
+    let events = drain(&h);
+    h.join();
+    // Overflows at a too-large scale are skipped steps, never a pause.
+    for e in &events {
+        match e {
+            TrainEvent::Warning { message, .. } => {
+                assert!(message.contains("loss scale"), "{message}")
+            }
+            TrainEvent::Paused { .. } | TrainEvent::Failed { .. } => panic!("{e:?}"),
+            _ => {}
+        }
+    }
+    let l = losses(&events);
+    assert_eq!(l.len(), 12);
+    assert!(l.iter().all(|(_, x)| x.is_finite()), "{l:?}");
+    let first: f64 = l[..3].iter().map(|x| x.1).sum();
+    let last: f64 = l[9..].iter().map(|x| x.1).sum();
+    assert!(last < first, "f16 did not learn: {l:?}");
+    assert!(matches!(
+        events.last(),
+        Some(TrainEvent::Finished {
+            reason: FinishReason::Completed,
+            ..
+        })
+    ));
+}

@@ -6,6 +6,7 @@ pub mod data;
 pub mod evaluate;
 pub mod events;
 pub mod export;
+pub mod loss_scale;
 pub mod optim;
 pub mod schedule;
 pub mod worker;

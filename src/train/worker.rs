@@ -18,6 +18,7 @@ use super::data::{ensure_prepared, ensure_tokenizer, DataState, ExampleStream};
 use super::evaluate::token_hits;
 use super::events::{now, Control, FinishReason, LrSource, TrainEvent};
 use super::export::fitted_vocab;
+use super::loss_scale::LossScale;
 use super::optim::{clip_grad_norm, decay_all_but_norms, Optimizer};
 use super::schedule::{LrSchedule, Schedule};
 use crate::config::{DeviceChoice, Experiment, ObjectiveKind};
@@ -235,6 +236,9 @@ struct TrainState {
     rng_word_pos: String,
     data: DataState,
     bad_steps: u32,
+    /// f16's loss scale (absent in checkpoints from before it existed).
+    #[serde(default)]
+    loss_scale: LossScale,
 }
 
 struct Worker {
@@ -253,6 +257,7 @@ struct Worker {
     tokens_seen: u64,
     elapsed: f64,
     bad_steps: u32,
+    loss_scale: LossScale,
     padding: Padding,
 }
 
@@ -305,11 +310,9 @@ impl Worker {
         let compute = match exp.train.dtype {
             crate::config::Dtype::F32 => DType::F32,
             crate::config::Dtype::Bf16 => DType::BF16,
-            crate::config::Dtype::F16 => {
-                note("dtype f16 needs loss scaling, which is not built yet: computing in f32 (bf16 works)".into());
-                DType::F32
-            }
+            crate::config::Dtype::F16 => DType::F16,
         };
+        let mut loss_scale = LossScale::new(compute == DType::F16);
 
         let checkpoint = if resumed {
             run.latest_checkpoint()
@@ -363,6 +366,9 @@ impl Worker {
             tokens_seen = st.tokens_seen;
             elapsed = st.elapsed;
             bad_steps = st.bad_steps;
+            if loss_scale.enabled && st.loss_scale.enabled {
+                loss_scale = st.loss_scale;
+            }
             data_state = Some(st.data);
         }
         let train_data = ExampleStream::open(&exp, &records, &tokenizer, Split::Train, data_state)?;
@@ -412,6 +418,7 @@ impl Worker {
             tokens_seen,
             elapsed,
             bad_steps,
+            loss_scale,
             padding,
         })
     }
@@ -449,32 +456,10 @@ impl Worker {
             let step = self.step;
             match control {
                 Control::SetLr { lr } => {
-                    let from = self.schedule.lr_at(step);
-                    if let Err(e) = self.schedule.set_lr(step, lr) {
-                        out.emit(warning(step, e.to_string()));
-                        continue;
-                    }
-                    out.emit(TrainEvent::LrChanged {
-                        step,
-                        from,
-                        to: self.schedule.lr_at(step),
-                        by: LrSource::User,
-                        time: now(),
-                    });
+                    self.change_lr(out, |s| s.set_lr(step, lr));
                 }
                 Control::ScaleLr { factor } => {
-                    let from = self.schedule.lr_at(step);
-                    if let Err(e) = self.schedule.scale_lr(factor) {
-                        out.emit(warning(step, e.to_string()));
-                        continue;
-                    }
-                    out.emit(TrainEvent::LrChanged {
-                        step,
-                        from,
-                        to: self.schedule.lr_at(step),
-                        by: LrSource::User,
-                        time: now(),
-                    });
+                    self.change_lr(out, |s| s.scale_lr(factor));
                 }
                 Control::Pause => {
                     if !*paused {
@@ -497,6 +482,23 @@ impl Worker {
                 Control::CheckpointNow => self.checkpoint(out)?,
                 Control::Stop => return Ok(Some(FinishReason::Stopped)),
             }
+        }
+    }
+
+    /// A user's change to the learning rate: applied from this step on and
+    /// echoed as an event, or refused with a warning.
+    fn change_lr(&mut self, out: &mut Outbox, change: impl FnOnce(&mut LrSchedule) -> Result<f64>) {
+        let step = self.step;
+        let from = self.schedule.lr_at(step);
+        match change(&mut self.schedule) {
+            Ok(_) => out.emit(TrainEvent::LrChanged {
+                step,
+                from,
+                to: self.schedule.lr_at(step),
+                by: LrSource::User,
+                time: now(),
+            }),
+            Err(e) => out.emit(warning(step, e.to_string())),
         }
     }
 
@@ -570,8 +572,10 @@ impl Worker {
             let value = loss.loss.to_scalar::<f32>()? as f64;
             finite &= value.is_finite();
             loss_sum += value;
-            let scaled = if accum > 1 {
-                (loss.loss / accum as f64)?
+            // f16 scales the loss up so that small gradients survive.
+            let factor = self.loss_scale.factor() / accum as f64;
+            let scaled = if factor != 1.0 {
+                (loss.loss * factor)?
             } else {
                 loss.loss
             };
@@ -593,9 +597,30 @@ impl Worker {
         }
         let mut grads = grads.ok_or_else(|| Error::Other("no micro-batch ran".into()))?;
         let loss = loss_sum / accum as f64;
+        let scale = self.loss_scale.factor();
+        if scale != 1.0 {
+            for (_, var) in self.model.params() {
+                if let Some(g) = grads.get(var.as_tensor()) {
+                    let unscaled = (g / scale)?;
+                    grads.insert(var.as_tensor(), unscaled);
+                }
+            }
+        }
         let grad_norm = clip_grad_norm(&mut grads, self.model.params(), self.exp.train.grad_clip)?;
         self.step += 1;
-        if !finite || !grad_norm.is_finite() {
+        let overflow = finite && !grad_norm.is_finite();
+        if self.loss_scale.update(overflow) {
+            // f16 overflowed at this scale: not a divergence, a smaller scale.
+            out.emit(TrainEvent::Warning {
+                step: self.step,
+                message: format!(
+                    "step {} skipped: f16 gradients overflowed at loss scale {scale}; the scale is now {}",
+                    self.step,
+                    self.loss_scale.factor()
+                ),
+                time: now(),
+            });
+        } else if !finite || !grad_norm.is_finite() {
             // The divergence guard: no NaN or infinity reaches the weights.
             self.bad_steps += 1;
             out.emit(TrainEvent::Warning {
@@ -750,6 +775,7 @@ impl Worker {
             rng_word_pos: rng.get_word_pos().to_string(),
             data: self.train_data.state(),
             bad_steps: self.bad_steps,
+            loss_scale: self.loss_scale.clone(),
         };
         let model = self.model.named_tensors();
         let optim = self.optimizer.state_tensors();
