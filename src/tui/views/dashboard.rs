@@ -37,7 +37,7 @@ pub fn render(app: &App, frame: &mut Frame, area: Rect) {
     .areas(area);
     render_head(h, &name, live, elsewhere, theme, frame, head);
 
-    let stats_width = if area.width >= 120 { 34 } else { 28 };
+    let stats_width = if area.width >= 120 { 34 } else { 30 };
     let [loss_area, stats_area] =
         Layout::horizontal([Constraint::Min(30), Constraint::Length(stats_width)]).areas(main);
     render_loss(h, theme, frame, loss_area);
@@ -226,6 +226,9 @@ fn spark(curve: &crate::tui::history::Curve, n: usize) -> Vec<u64> {
     let (lo, hi) = tail
         .iter()
         .fold((f64::MAX, f64::MIN), |(a, b), &y| (a.min(y), b.max(y)));
+    // Bars of positive numbers stand on zero: a slow cosine decay of the
+    // learning rate is then the flat line it is, not a steep ramp.
+    let lo = if lo >= 0.0 { 0.0 } else { lo };
     tail.iter()
         .map(|&y| {
             if hi - lo < 1e-300 {
