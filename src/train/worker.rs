@@ -176,7 +176,7 @@ fn spawn(
             let mut out = Outbox {
                 log,
                 tx: ev_tx,
-                log_error: None,
+                write_error: None,
             };
             let mut step = 0;
             let result =
@@ -207,7 +207,9 @@ fn spawn(
 struct Outbox {
     log: EventLog,
     tx: Sender<TrainEvent>,
-    log_error: Option<String>,
+    /// A write of the run's data that failed (the log, a checkpoint), in
+    /// words: the worker pauses on it rather than train on unrecorded.
+    write_error: Option<String>,
 }
 
 impl Outbox {
@@ -215,8 +217,8 @@ impl Outbox {
         if let Err(e) = self.log.append(&event) {
             // The log is the run's history: a failed write is reported once
             // and makes the worker pause (see `Worker::run`).
-            if self.log_error.is_none() {
-                self.log_error = Some(e.to_string());
+            if self.write_error.is_none() {
+                self.write_error = Some(format!("could not write the event log: {e}"));
             }
         }
         let _ = self.tx.send(event);
@@ -474,7 +476,7 @@ impl Worker {
                 Control::Resume => {
                     if *paused {
                         *paused = false;
-                        out.log_error = None;
+                        out.write_error = None;
                         out.emit(TrainEvent::Resumed { step, time: now() });
                     }
                 }
@@ -509,15 +511,13 @@ impl Worker {
             if let Some(reason) = self.handle_controls(out, &mut paused)? {
                 break reason;
             }
-            if let Some(err) = out.log_error.take() {
-                // The run's history could not be written (a full disk):
-                // pause rather than train on without a record.
+            if let Some(err) = out.write_error.take() {
+                // The run's data could not be written (a full disk): pause
+                // rather than train on without a record or a checkpoint.
                 paused = true;
                 out.emit(TrainEvent::Paused {
                     step: self.step,
-                    reason: format!(
-                        "could not write the event log: {err}; free space, then resume"
-                    ),
+                    reason: format!("{err}; free space, then resume"),
                     time: now(),
                 });
                 continue;
@@ -802,11 +802,16 @@ impl Worker {
                 path,
                 time: now(),
             }),
-            Err(e) => out.emit(TrainEvent::Warning {
-                step: self.step,
-                message: format!("checkpoint at step {} failed: {e}", self.step),
-                time: now(),
-            }),
+            Err(e) => {
+                let message = format!("checkpoint at step {} failed: {e}", self.step);
+                out.emit(TrainEvent::Warning {
+                    step: self.step,
+                    message: message.clone(),
+                    time: now(),
+                });
+                // The previous checkpoint stays whole; the run pauses.
+                out.write_error.get_or_insert(message);
+            }
         }
         Ok(())
     }
