@@ -75,6 +75,14 @@ pub struct TrainHandle {
     thread: Option<JoinHandle<()>>,
 }
 
+impl std::fmt::Debug for TrainHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrainHandle")
+            .field("run_id", &self.run_id)
+            .finish_non_exhaustive()
+    }
+}
+
 impl TrainHandle {
     /// A handle over channels the caller made, with no thread behind it:
     /// for front ends' tests, which play the worker's part themselves.

@@ -36,14 +36,6 @@ pub struct UiOptions {
     pub start: Option<TrainHandle>,
 }
 
-impl std::fmt::Debug for TrainHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TrainHandle")
-            .field("run_id", &self.run_id)
-            .finish_non_exhaustive()
-    }
-}
-
 /// What is left when the UI closes: the runs still training and what the
 /// user chose for them.
 pub struct UiExit {
