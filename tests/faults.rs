@@ -5,6 +5,8 @@
 //! loads, and the run finishes with every step trained. Also SIGTERM: a
 //! graceful stop with a final checkpoint.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -19,46 +21,12 @@ const STEPS: u64 = 600;
 const KILLS: usize = 30;
 
 fn write_experiment(dir: &Path) {
-    let mut text = String::new();
-    for i in 0..300 {
-        text.push_str(&format!(
-            "the {} cat sees the {} dog on day {i}.\n",
-            i % 7,
-            i % 11
-        ));
-    }
-    std::fs::write(dir.join("corpus.txt"), text).unwrap();
-    std::fs::write(
-        dir.join("exp.toml"),
-        format!(
-            r#"name = "faults"
-[model]
-vocab_size = 128
-d_model = 32
-d_ff = 64
-num_layers = 1
-num_heads = 2
-[tokenizer]
-vocab_size = 50
-extra_ids = 10
-[data]
-sources = ["corpus.txt"]
-[objective]
-input_length = 24
-[train]
-device = "cpu"
-batch_size = 4
-steps = {STEPS}
-[eval]
-every_steps = 0
-samples_every_steps = 0
-[checkpoint]
-every_steps = 7
-keep_last = 2
-"#
-        ),
-    )
-    .unwrap();
+    common::write_tiny_experiment(
+        dir,
+        "faults",
+        STEPS,
+        "[eval]\nevery_steps = 0\nsamples_every_steps = 0\n[checkpoint]\nevery_steps = 7\nkeep_last = 2",
+    );
 }
 
 fn t5_tui(dir: &Path, args: &[&str]) -> Child {

@@ -5,6 +5,8 @@
 //! `events.jsonl` records it. CI installs tmux; elsewhere the test says
 //! it was skipped when tmux is missing.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -218,40 +220,12 @@ fn closing_the_terminal_stops_the_run_with_a_checkpoint_and_ends_the_process() {
     }
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
-    let mut text = String::new();
-    for i in 0..300 {
-        text.push_str(&format!(
-            "the {} cat sees the {} dog on day {i}.\n",
-            i % 7,
-            i % 11
-        ));
-    }
-    std::fs::write(dir.path().join("corpus.txt"), text).unwrap();
-    std::fs::write(
-        dir.path().join("exp.toml"),
-        r#"name = "hangup"
-[model]
-vocab_size = 128
-d_model = 32
-d_ff = 64
-num_layers = 1
-num_heads = 2
-[tokenizer]
-vocab_size = 50
-extra_ids = 10
-[data]
-sources = ["corpus.txt"]
-[objective]
-input_length = 24
-[train]
-device = "cpu"
-batch_size = 4
-steps = 1000000
-[checkpoint]
-every_steps = 0
-"#,
-    )
-    .unwrap();
+    common::write_tiny_experiment(
+        dir.path(),
+        "hangup",
+        1_000_000,
+        "[checkpoint]\nevery_steps = 0",
+    );
     // `t5-tui train CONFIG` in a terminal opens the run's dashboard.
     let t = Tmux::start_with(&home, dir.path(), "train exp.toml", "hangup");
     t.wait_for("steps on the dashboard", 120, |s| {

@@ -1,0 +1,45 @@
+//! What several test files share: a tiny experiment that trains in
+//! milliseconds a step, on a corpus the test writes.
+
+use std::path::Path;
+
+/// Writes `corpus.txt` and `exp.toml` into `dir`: a one-layer T5 of
+/// width 32 on 300 short sentences, `name` and `steps` as given, and
+/// `extra` TOML appended (further sections).
+pub fn write_tiny_experiment(dir: &Path, name: &str, steps: u64, extra: &str) {
+    let mut text = String::new();
+    for i in 0..300 {
+        text.push_str(&format!(
+            "the {} cat sees the {} dog on day {i}.\n",
+            i % 7,
+            i % 11
+        ));
+    }
+    std::fs::write(dir.join("corpus.txt"), text).unwrap();
+    std::fs::write(
+        dir.join("exp.toml"),
+        format!(
+            r#"name = "{name}"
+[model]
+vocab_size = 128
+d_model = 32
+d_ff = 64
+num_layers = 1
+num_heads = 2
+[tokenizer]
+vocab_size = 50
+extra_ids = 10
+[data]
+sources = ["corpus.txt"]
+[objective]
+input_length = 24
+[train]
+device = "cpu"
+batch_size = 4
+steps = {steps}
+{extra}
+"#
+        ),
+    )
+    .unwrap();
+}
