@@ -1,7 +1,7 @@
 //! The parts of a T5 layer: linear maps, RMS norm, attention with relative
 //! position bias, the feed-forward blocks, and the dropout they share.
 
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{DType, Device, Module, Tensor};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
@@ -120,10 +120,7 @@ impl RmsNorm {
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let dtype = xs.dtype();
         let x32 = xs.to_dtype(DType::F32)?;
-        let var = x32.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = x32.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        let normed = normed.to_dtype(self.weight.dtype())?;
-        Ok(normed.broadcast_mul(&self.weight)?.to_dtype(dtype)?)
+        Ok(super::kernels::rms_norm(&x32, &self.weight, self.eps)?.to_dtype(dtype)?)
     }
 }
 
@@ -151,8 +148,7 @@ impl FeedForwardBlock {
             }
             FeedForwardBlock::GatedGelu { wi_0, wi_1, wo } => {
                 // `gelu` in candle is the tanh approximation, T5's `gelu_new`.
-                let gate = wi_0.forward(xs)?.gelu()?;
-                let h = gate.mul(&wi_1.forward(xs)?)?;
+                let h = super::kernels::gated_gelu(&wi_0.forward(xs)?, &wi_1.forward(xs)?)?;
                 let h = mode.dropout(&h, dropout)?;
                 Ok(wo.forward(&h)?)
             }
@@ -254,7 +250,7 @@ impl Attention {
         let dtype = scores.dtype();
         // Bias, mask and softmax in f32 whatever the compute dtype.
         let scores = scores.to_dtype(DType::F32)?.broadcast_add(bias)?;
-        let weights = candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(dtype)?;
+        let weights = super::kernels::softmax_last_dim(&scores)?.to_dtype(dtype)?;
         let weights = mode.dropout(&weights, dropout)?;
         let out = weights.matmul(&kv.v)?;
         let out = out

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod generate;
+pub mod kernels;
 pub mod layers;
 pub mod position;
 pub mod weights;
@@ -574,10 +575,8 @@ pub fn cross_entropy(
     let tokens = keep.iter().filter(|&&k| k > 0.0).count();
     let device = logits.device();
     let keep = Tensor::from_vec(keep, host.len(), device)?;
-    let targets = Tensor::from_vec(targets, (host.len(), 1), device)?;
-    let lse = logits.log_sum_exp(D::Minus1)?;
-    let picked = logits.gather(&targets, 1)?.squeeze(1)?;
-    let nll = (lse.clone() - picked)?;
+    let targets = Tensor::from_vec(targets, host.len(), device)?;
+    let (nll, lse) = kernels::cross_entropy_rows_lse(&logits, &targets)?;
     let denom = tokens.max(1) as f64;
     let ce = ((nll * &keep)?.sum_all()? / denom)?;
     let cross_entropy = ce.to_scalar::<f32>()?;
