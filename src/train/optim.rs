@@ -36,7 +36,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Tensor, Var};
+use candle_core::{CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Tensor, Var};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::schedule::deserialize_kind_or_table;
@@ -431,6 +431,11 @@ impl Optimizer {
                 continue;
             };
             slot.step += 1;
+            if let OptimizerConfig::Adamw(c) = &self.config {
+                if adamw_in_place(c, slot, grad, lr)? {
+                    continue;
+                }
+            }
             let grad = grad.detach().to_dtype(DType::F32)?;
             let param = slot.var.as_tensor().detach().to_dtype(DType::F32)?;
             let updated = match &self.config {
@@ -523,7 +528,12 @@ impl Optimizer {
                         current.dims()
                     )));
                 }
-                these.push(t.to_device(current.device())?.to_dtype(DType::F32)?);
+                // A copy of its own: the update may write it in place.
+                these.push(
+                    t.to_device(current.device())?
+                        .to_dtype(DType::F32)?
+                        .copy()?,
+                );
                 used += 1;
             }
             loaded.push(these);
@@ -657,6 +667,184 @@ fn adamw(
     let step_size = lr / bias1;
     let denom = (v.sqrt()? / bias2_sqrt)?.affine(1.0, c.eps)?;
     Ok((param - (m / denom)?.affine(step_size, 0.0)?)?)
+}
+
+/// [`adamw`] as three in-place passes over memory (first moment, second
+/// moment, parameter) instead of a dozen ops that each allocate: on the CPU
+/// the optimizer step of a small model otherwise costs a tenth of the
+/// training step. The arithmetic is the same, in the same order. Returns
+/// false, having changed nothing, where it does not apply (another device
+/// or dtype, a strided tensor); [`adamw`] then does the step.
+fn adamw_in_place(c: &AdamWConfig, slot: &mut Slot, grad: &Tensor, lr: f64) -> Result<bool> {
+    let SlotState::Adam {
+        exp_avg,
+        exp_avg_sq,
+    } = &slot.state
+    else {
+        return Ok(false);
+    };
+    let param = slot.var.as_tensor();
+    let all = [param, exp_avg, exp_avg_sq, grad];
+    if !all.iter().all(|t| {
+        t.device().is_cpu()
+            && t.dtype() == DType::F32
+            && t.is_contiguous()
+            && t.shape() == param.shape()
+    }) {
+        return Ok(false);
+    }
+    let wd = if slot.decay { c.weight_decay } else { 0.0 };
+    let t = slot.step as i32;
+    let bias1 = 1.0 - c.beta1.powi(t);
+    exp_avg.inplace_op2(
+        grad,
+        &Lerp {
+            weight: (1.0 - c.beta1) as f32,
+        },
+    )?;
+    exp_avg_sq.inplace_op2(
+        grad,
+        &EmaSquare {
+            beta: c.beta2 as f32,
+        },
+    )?;
+    param.inplace_op3(
+        exp_avg,
+        exp_avg_sq,
+        &AdamStep {
+            keep: (1.0 - lr * wd) as f32,
+            decays: wd != 0.0,
+            step_size: (lr / bias1) as f32,
+            bias2_sqrt: (1.0 - c.beta2.powi(t)).sqrt() as f32,
+            eps: c.eps as f32,
+        },
+    )?;
+    Ok(true)
+}
+
+fn cpu_f32<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+        _ => candle_core::bail!("optimizer: expects contiguous f32 tensors"),
+    }
+}
+
+fn cpu_f32_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> candle_core::Result<&'a mut [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => Ok(&mut v[a..b]),
+        _ => candle_core::bail!("optimizer: expects contiguous f32 tensors"),
+    }
+}
+
+/// Elements per parallel task of the in-place passes.
+const OPT_CHUNK: usize = 1 << 15;
+
+/// Runs `f` over matching chunks of `dst` and `src` in parallel.
+fn zip_chunks(dst: &mut [f32], src: &[f32], f: impl Fn(&mut [f32], &[f32], usize) + Sync) {
+    use rayon::prelude::*;
+    dst.par_chunks_mut(OPT_CHUNK)
+        .zip(src.par_chunks(OPT_CHUNK))
+        .enumerate()
+        .for_each(|(i, (d, s))| f(d, s, i * OPT_CHUNK));
+}
+
+/// `m += (g - m) * weight`, as [`lerp`].
+struct Lerp {
+    weight: f32,
+}
+
+impl InplaceOp2 for Lerp {
+    fn name(&self) -> &'static str {
+        "adam-lerp"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<()> {
+        let (m, g) = (cpu_f32_mut(s1, l1)?, cpu_f32(s2, l2)?);
+        let w = self.weight;
+        zip_chunks(m, g, |m, g, _| {
+            for (m, &g) in m.iter_mut().zip(g) {
+                *m += (g - *m) * w;
+            }
+        });
+        Ok(())
+    }
+}
+
+/// `v = v * beta + g² * (1 - beta)`, as [`ema_sq`].
+struct EmaSquare {
+    beta: f32,
+}
+
+impl InplaceOp2 for EmaSquare {
+    fn name(&self) -> &'static str {
+        "adam-ema-square"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<()> {
+        let (v, g) = (cpu_f32_mut(s1, l1)?, cpu_f32(s2, l2)?);
+        let (b, rest) = (self.beta, 1.0 - self.beta);
+        zip_chunks(v, g, |v, g, _| {
+            for (v, &g) in v.iter_mut().zip(g) {
+                *v = *v * b + g * g * rest;
+            }
+        });
+        Ok(())
+    }
+}
+
+/// The parameter's part of [`adamw`]: decay, then
+/// `p -= (m / (sqrt(v) / bias2_sqrt + eps)) * step_size`.
+struct AdamStep {
+    keep: f32,
+    decays: bool,
+    step_size: f32,
+    bias2_sqrt: f32,
+    eps: f32,
+}
+
+impl InplaceOp3 for AdamStep {
+    fn name(&self) -> &'static str {
+        "adam-step"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<()> {
+        let (p, m, v) = (cpu_f32_mut(s1, l1)?, cpu_f32(s2, l2)?, cpu_f32(s3, l3)?);
+        let Self {
+            keep,
+            decays,
+            step_size,
+            bias2_sqrt,
+            eps,
+        } = *self;
+        zip_chunks(p, m, |p, m, start| {
+            let v = &v[start..start + p.len()];
+            for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {
+                let decayed = if decays { *p * keep } else { *p };
+                *p = decayed - (m / (v.sqrt() / bias2_sqrt + eps)) * step_size;
+            }
+        });
+        Ok(())
+    }
 }
 
 /// nanoT5's `AdamWScale`.
