@@ -69,6 +69,7 @@ fn script(run: &str, steps: u64, start_loss: f64, finished: bool) -> Vec<TrainEv
                 loss: loss + 0.3,
                 perplexity: (loss + 0.3).exp(),
                 metrics,
+                classification: None,
                 time: t + 0.2,
             });
         }
