@@ -52,6 +52,7 @@ fn history(id: &str, steps: u64, scale: f64) -> RunHistory {
                 loss: loss + 0.2,
                 perplexity: (loss + 0.2).exp(),
                 metrics: m,
+                classification: None,
                 time: s as f64,
             });
         }

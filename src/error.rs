@@ -24,6 +24,14 @@ pub enum Error {
     /// A `tokenizer.json` that cannot be read or is not a T5 tokenizer.
     #[error("{}: {message}", path.display())]
     Tokenizer { path: PathBuf, message: String },
+    /// A data file (an eval file of pairs) that cannot be used as it is:
+    /// the file, the line when one is to blame, and what is wrong.
+    #[error("{}{}: {message}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Data {
+        path: PathBuf,
+        line: Option<u64>,
+        message: String,
+    },
     /// A bad argument to a library call (a shape, a token id, an option).
     #[error("{0}")]
     Invalid(String),
@@ -45,6 +53,14 @@ impl Error {
         Error::Io {
             path: path.to_path_buf(),
             source,
+        }
+    }
+
+    pub fn data(path: &Path, line: Option<u64>, message: impl Into<String>) -> Self {
+        Error::Data {
+            path: path.to_path_buf(),
+            line,
+            message: message.into(),
         }
     }
 

@@ -51,6 +51,7 @@ fn eval(n: u64, loss: f64) -> TrainEvent {
         loss,
         perplexity: loss.exp(),
         metrics: BTreeMap::from([("accuracy".to_string(), 0.5)]),
+        classification: None,
         time: 100.0 + n as f64,
     }
 }

@@ -69,6 +69,7 @@ fn script(run: &str, steps: u64, start_loss: f64, finished: bool) -> Vec<TrainEv
                 loss: loss + 0.3,
                 perplexity: (loss + 0.3).exp(),
                 metrics,
+                classification: None,
                 time: t + 0.2,
             });
         }
@@ -102,6 +103,103 @@ fn script(run: &str, steps: u64, start_loss: f64, finished: bool) -> Vec<TrainEv
         });
     }
     ev
+}
+
+const LABELS: [&str; 3] = ["negative", "neutral", "positive"];
+
+/// A classification eval over 90 validation examples (30 of each label):
+/// the model is right for a share that grows with `skill`; its mistakes
+/// are the next label, and every fifth one no label at all.
+fn classification_eval(step: u64, loss: f64, time: f64, skill: f64, labels: &[&str]) -> TrainEvent {
+    let (mut outputs, mut targets) = (Vec::new(), Vec::new());
+    let mut wrong = 0;
+    for i in 0..90 {
+        let t = i % labels.len();
+        let right = ((i / labels.len()) as f64) < skill * 30.0;
+        let out = if right {
+            labels[t].to_string()
+        } else {
+            wrong += 1;
+            if wrong % 5 == 0 {
+                "maybe".to_string()
+            } else {
+                labels[(t + 1) % labels.len()].to_string()
+            }
+        };
+        outputs.push(out);
+        targets.push(labels[t].to_string());
+    }
+    let scores = t5_tui::metrics::task_scores(
+        Some(t5_tui::metrics::TaskKind::Classification),
+        &outputs,
+        &targets,
+        false,
+        labels,
+    )
+    .unwrap();
+    let mut metrics = scores.metrics;
+    metrics.insert("token_accuracy".into(), 50.0 + skill * 40.0);
+    metrics.insert("gen_len".into(), 3.0);
+    TrainEvent::Eval {
+        step,
+        loss,
+        perplexity: loss.exp(),
+        metrics,
+        classification: scores.classification,
+        time,
+    }
+}
+
+/// [`script`] for a classification run: its evals carry the matrix.
+fn classification_script(run: &str, steps: u64, skill: f64) -> Vec<TrainEvent> {
+    script(run, steps, 5.0, true)
+        .into_iter()
+        .map(|e| match e {
+            TrainEvent::Eval {
+                step, loss, time, ..
+            } => classification_eval(
+                step,
+                loss,
+                time,
+                skill * step as f64 / steps as f64,
+                &LABELS,
+            ),
+            other => other,
+        })
+        .collect()
+}
+
+/// Where `text` starts on the screen, as (x, y).
+fn find(buf: &ratatui::buffer::Buffer, text: &str) -> Option<(u16, u16)> {
+    let area = buf.area;
+    for y in 0..area.height {
+        let line: Vec<&str> = (0..area.width).map(|x| buf[(x, y)].symbol()).collect();
+        let joined: String = line.concat();
+        if let Some(byte) = joined.find(text) {
+            // Symbols are one cell each here; count the chars before it.
+            let x = joined[..byte].chars().count() as u16;
+            return Some((x, y));
+        }
+    }
+    None
+}
+
+/// The cell of the first non-space character of `pattern` in row `y`,
+/// searching from column `x0`.
+fn cell_in_row(
+    buf: &ratatui::buffer::Buffer,
+    x0: u16,
+    y: u16,
+    pattern: &str,
+) -> ratatui::buffer::Cell {
+    let xs: Vec<u16> = (x0..buf.area.width).collect();
+    let line: String = xs.iter().map(|&x| buf[(x, y)].symbol()).collect();
+    let byte = line
+        .find(pattern)
+        .unwrap_or_else(|| panic!("no {pattern:?} in {line:?}"));
+    let skip = pattern.len() - pattern.trim_start().len();
+    let x = xs[line[..byte].chars().count() + skip];
+    buf[(x, y)].clone()
 }
 
 /// Writes a run folder as the worker leaves it: config and event log.
@@ -492,4 +590,118 @@ fn no_color_draws_without_colours() {
     // The theme key says why it does nothing.
     key(&mut a, KeyCode::Char('t'));
     assert!(a.status.as_ref().unwrap().0.contains("NO_COLOR"));
+}
+
+#[test]
+fn a_classification_runs_dashboard_draws_its_confusion_matrix_as_a_heat_table() {
+    let (_d, store) = store();
+    let mut a = app(&store);
+    let id = "20261205-100000-classify";
+    let (tx, _ctl) = live_run(&mut a, &store, id);
+    for e in classification_script(id, 60, 0.9) {
+        tx.send(e).unwrap();
+    }
+    a.tick();
+    a.memory = Some(1_288_490_189);
+    let h = a.dashboard_history().unwrap();
+    let (step, report) = h.last_classification.as_ref().unwrap();
+    assert_eq!(*step, 60);
+    assert_eq!(report.labels, LABELS);
+    insta::assert_snapshot!("dashboard_classification_80x24", screen(&a, &store, 80, 24));
+    insta::assert_snapshot!(
+        "dashboard_classification_160x48",
+        screen(&a, &store, 160, 48)
+    );
+
+    // The cells are shaded by their share of the row: the diagonal (most
+    // of the row) is hotter than a mistake, and a zero has no shade.
+    let mut terminal = Terminal::new(TestBackend::new(80, 24)).unwrap();
+    terminal.draw(|f| a.render(f)).unwrap();
+    let buf = terminal.backend().buffer().clone();
+    let (x0, y0) = find(&buf, "tgt").expect("the matrix header");
+    // The neutral row: 0 negative, 27 neutral, 2 positive, 1 invalid.
+    let neutral = y0 + 2;
+    let reset = ratatui::style::Color::Reset;
+    let at = |pattern: &str| cell_in_row(&buf, x0, neutral, pattern);
+    assert_ne!(at("27").bg, reset);
+    assert_ne!(
+        at("27").bg,
+        at(" 2 ").bg,
+        "the diagonal and a mistake shade alike"
+    );
+    assert_ne!(at(" 1 ").bg, reset, "one invalid output is shaded");
+    assert_eq!(at(" 0 ").bg, reset);
+
+    // Without colour the matrix still reads: counts, and the big share reversed.
+    a.theme = Theme::monochrome();
+    let mut terminal = Terminal::new(TestBackend::new(80, 24)).unwrap();
+    terminal.draw(|f| a.render(f)).unwrap();
+    let buf = terminal.backend().buffer().clone();
+    for cell in buf.content() {
+        assert_eq!((cell.fg, cell.bg), (reset, reset));
+    }
+    let diagonal = cell_in_row(&buf, x0, neutral, "27");
+    assert!(diagonal
+        .modifier
+        .contains(ratatui::style::Modifier::REVERSED));
+    assert!(!cell_in_row(&buf, x0, neutral, " 2 ")
+        .modifier
+        .contains(ratatui::style::Modifier::REVERSED));
+    a.theme = Theme::builtin("dark");
+
+    // Too many labels for 80 columns: the panel says so instead.
+    let many: Vec<String> = (0..14).map(|i| format!("label{i}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    tx.send(classification_eval(61, 2.0, T0 + 200.0, 0.5, &many))
+        .unwrap();
+    a.tick();
+    let small = screen(&a, &store, 80, 24);
+    assert!(small.contains("14 labels, too"), "{small}");
+    let big = screen(&a, &store, 240, 70);
+    assert!(big.contains("label13"), "{big}");
+}
+
+#[test]
+fn compare_lines_up_the_task_metrics_of_classification_runs() {
+    let (_d, store) = store();
+    let a_id = "20261206-090000-classify-lr1e-3";
+    let b_id = "20261206-100000-classify-lr3e-3";
+    write_run(
+        &store,
+        a_id,
+        &["train.learning_rate=1e-3"],
+        &classification_script(a_id, 100, 0.6),
+    );
+    write_run(
+        &store,
+        b_id,
+        &["train.learning_rate=3e-3"],
+        &classification_script(b_id, 100, 0.9),
+    );
+    let mut a = app(&store);
+    key(&mut a, KeyCode::Char(' '));
+    key(&mut a, KeyCode::Down);
+    key(&mut a, KeyCode::Char(' '));
+    key(&mut a, KeyCode::Char('c'));
+    assert_eq!(a.screen, Screen::Compare);
+    key(&mut a, KeyCode::Tab);
+    let text = screen(&a, &store, 80, 24);
+    insta::assert_snapshot!("compare_classification_metrics_80x24", text);
+    // The task's scores come first, under each run's name.
+    let rows: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.contains("final and best"))
+        .collect();
+    for name in ["accuracy", "macro F1", "micro F1", "invalid"] {
+        let row = rows
+            .iter()
+            .map(|l| l.trim_start_matches('│'))
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} row in\n{text}"));
+        let values = row[name.len()..]
+            .split_whitespace()
+            .filter(|v| v.parse::<f64>().is_ok())
+            .count();
+        assert_eq!(values, 2, "{name}: one value a run in {row:?}");
+    }
 }

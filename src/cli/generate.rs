@@ -2,17 +2,17 @@
 //! or a Hugging Face T5 folder.
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 
 use super::progress::Progress;
 use super::{store, write_out};
 use crate::config::ObjectiveKind;
-use crate::data::source::{ReadOptions, Record, Source, SourceReader};
+use crate::data::source::{Format, OnBadLine, ReadOptions, Record, Source, SourceReader};
 use crate::data::stream::{RecordStream, Split, StreamOptions};
 use crate::error::{Error, Result};
-use crate::metrics::TaskKind;
+use crate::metrics::{ClassificationReport, Prf, TaskKind};
 use crate::model::generate::{generate as run_generate, EarlyStopping, GenerateOptions, Strategy};
 use crate::train::evaluate::{evaluate_pairs, EvalOptions, EvalReport};
 use crate::train::export::TrainedModel;
@@ -234,11 +234,18 @@ pub fn eval(args: EvalArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<
         batch_size: args.batch_size,
         generate,
         rouge_stemmer: exp.is_some_and(|e| e.eval.rouge_stemmer),
+        labels: Vec::new(),
     };
+    let mut opts = opts;
     let limit = args.limit.unwrap_or(usize::MAX);
     let (pairs, total, predictions_path): (PairIter, Option<u64>, PathBuf) = match &args.data {
         Some(path) => {
-            let (pairs, n) = file_pairs(path)?;
+            // The whole file is checked before any generation, so that a
+            // bad line fails in a second, not after an hour of decoding.
+            let scan = scan_pairs(path, task)?;
+            opts.labels = scan.labels;
+            let n = scan.pairs;
+            let pairs = file_pairs(path)?;
             let default = path.with_extension("predictions.jsonl");
             (
                 Box::new(pairs.take(limit)),
@@ -321,29 +328,114 @@ pub fn eval(args: EvalArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<
     )
 }
 
-/// The pairs of a TSV or JSONL file, and how many lines it has (for the
-/// progress bar).
-fn file_pairs(
-    path: &std::path::Path,
-) -> Result<(impl Iterator<Item = Result<(String, String)>>, u64)> {
-    let source = Source::from_path(path);
-    let mut reader = SourceReader::new(&[source], ReadOptions::default())?;
-    let lines = std::fs::File::open(path)
-        .map(|f| std::io::BufReader::new(f).lines().count() as u64)
-        .unwrap_or(0);
-    let path = path.to_path_buf();
-    let iter = std::iter::from_fn(move || {
-        match reader.next_record() {
-        Ok(Some(Record::Pair { input, target })) => Some(Ok((input, target))),
-        Ok(Some(Record::Text { .. })) => Some(Err(Error::Invalid(format!(
-            "{}: holds plain text, not (input, target) pairs: use TSV (input<TAB>target) or JSONL with input and target fields",
-            path.display()
-        )))),
-        Ok(None) => None,
-        Err(e) => Some(Err(e)),
+/// The most distinct targets a classification file may have: more, and it
+/// is more likely a file of another task than a label set.
+const MAX_LABELS: usize = 1000;
+
+/// What a first pass over an eval file found.
+#[derive(Debug)]
+struct PairScan {
+    pairs: u64,
+    /// Classification: the distinct (trimmed) targets, sorted.
+    labels: Vec<String>,
+}
+
+/// A reader of an eval file's pairs that stops at the first bad line
+/// (skipping it would score a different file than the one named).
+fn pair_reader(path: &Path) -> Result<SourceReader> {
+    let mut source = Source::from_path(path);
+    source.format = match source.format {
+        Format::Tsv => Format::Tsv,
+        // Named fields, so that a line without one says which is missing.
+        Format::Jsonl { .. } => Format::Jsonl {
+            text_field: None,
+            input_field: Some("input".into()),
+            target_field: Some("target".into()),
+        },
+        Format::Text { .. } => {
+            return Err(Error::data(
+                path,
+                None,
+                "not a file of pairs: name it .tsv (input<TAB>target a line) or .jsonl (one {\"input\": …, \"target\": …} object a line)",
+            ))
+        }
+    };
+    SourceReader::new(
+        &[source],
+        ReadOptions {
+            on_bad_line: OnBadLine::Fail,
+            ..ReadOptions::default()
+        },
+    )
+}
+
+/// Reads the whole file once: every line must be a pair, there must be
+/// one, and a classification file needs at least two labels.
+fn scan_pairs(path: &Path, task: Option<TaskKind>) -> Result<PairScan> {
+    let mut reader = pair_reader(path)?;
+    let classification = task == Some(TaskKind::Classification);
+    let mut labels = std::collections::BTreeSet::new();
+    let mut pairs = 0u64;
+    while let Some(record) = reader.next_record()? {
+        let Record::Pair { target, .. } = record else {
+            continue;
+        };
+        pairs += 1;
+        if !classification {
+            continue;
+        }
+        let label = target.trim();
+        if label.is_empty() {
+            return Err(Error::data(
+                path,
+                Some(reader.stats.lines),
+                "the target is empty: a classification target is one of the task's labels",
+            ));
+        }
+        if !labels.contains(label) {
+            if labels.len() == MAX_LABELS {
+                return Err(Error::data(
+                    path,
+                    Some(reader.stats.lines),
+                    format!("more than {MAX_LABELS} distinct targets: a classification file's targets are labels from a short list; for free text choose another --task"),
+                ));
+            }
+            labels.insert(label.to_string());
+        }
     }
-    });
-    Ok((iter, lines))
+    if pairs == 0 {
+        return Err(Error::data(
+            path,
+            None,
+            "no (input, target) pairs: the file is empty; give one pair a line, as TSV (input<TAB>target) or JSONL ({\"input\": …, \"target\": …})",
+        ));
+    }
+    if classification && labels.len() < 2 {
+        let only = labels.iter().next().cloned().unwrap_or_default();
+        return Err(Error::data(
+            path,
+            None,
+            format!("every target is the label {only:?} ({pairs} pairs): classification needs at least two labels to tell apart"),
+        ));
+    }
+    Ok(PairScan {
+        pairs,
+        labels: labels.into_iter().collect(),
+    })
+}
+
+/// The pairs of a TSV or JSONL file, read as they are needed.
+fn file_pairs(path: &Path) -> Result<impl Iterator<Item = Result<(String, String)>>> {
+    let mut reader = pair_reader(path)?;
+    Ok(std::iter::from_fn(move || loop {
+        match reader.next_record() {
+            Ok(Some(Record::Pair { input, target })) => return Some(Ok((input, target))),
+            // pair_reader reads no plain text; a text record cannot come.
+            Ok(Some(Record::Text { .. })) => continue,
+            Ok(None) => return None,
+            Err(e) => return Some(Err(e)),
+        }
+    }))
 }
 
 /// The pairs of a prepared record stream.
@@ -374,8 +466,64 @@ fn report_table(r: &EvalReport, source: &str, task: Option<TaskKind>) -> String 
     row("perplexity", format!("{:.2}", r.perplexity));
     row("token_accuracy", format!("{:.2}", r.token_accuracy));
     row("gen_len", format!("{:.1}", r.gen_len));
+    row("gen_chars", format!("{:.1}", r.gen_chars));
     for (k, v) in &r.metrics {
         row(k, format!("{v:.2}"));
+    }
+    s.push('\n');
+    if let Some(c) = &r.classification {
+        s.push_str(&classification_table(c));
+    }
+    s
+}
+
+/// Per-label scores, then the confusion matrix (rows: the target label,
+/// columns: the output; `invalid` counts outputs that are no label).
+fn classification_table(c: &ClassificationReport) -> String {
+    let w = c
+        .labels
+        .iter()
+        .map(|l| l.chars().count())
+        .chain(["micro avg".len(), "target \\ output".len()])
+        .max()
+        .unwrap_or(8);
+    let mut s = format!(
+        "  {:<w$}  {:>9}  {:>9}  {:>9}  {:>7}\n",
+        "label", "precision", "recall", "f1", "support"
+    );
+    let mut line = |name: &str, p: &Prf, support: String| {
+        s.push_str(&format!(
+            "  {name:<w$}  {:>9.2}  {:>9.2}  {:>9.2}  {support:>7}\n",
+            p.precision, p.recall, p.f1
+        ));
+    };
+    for l in &c.per_label {
+        line(&l.label, &l.scores, l.support.to_string());
+    }
+    line("macro avg", &c.macro_avg, c.total.to_string());
+    line("micro avg", &c.micro_avg, c.total.to_string());
+    s.push_str(&format!(
+        "\n  confusion matrix ({} outputs are no label: invalid)\n  {:<w$}",
+        c.invalid, "target \\ output"
+    ));
+    let cell = c
+        .labels
+        .iter()
+        .map(|l| l.chars().count())
+        .chain(["invalid".len()])
+        .chain(c.confusion.iter().flatten().map(|n| n.to_string().len()))
+        .max()
+        .unwrap_or(7);
+    for l in c.labels.iter().map(String::as_str).chain(["invalid"]) {
+        s.push_str(&format!("  {l:>cell$}"));
+    }
+    s.push('\n');
+    for (label, row) in c.labels.iter().zip(&c.confusion) {
+        s.push_str(&format!("  {label:<w$}"));
+        for n in row {
+            s.push_str(&format!("  {n:>cell$}"));
+        }
+        s.push('\n');
     }
     s.push('\n');
     s

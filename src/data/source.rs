@@ -292,7 +292,10 @@ impl SourceReader {
                 Ok(t) => t.trim_end_matches(['\n', '\r']).to_string(),
                 Err(e) => {
                     self.stats.bad_utf8_lines += 1;
-                    let msg = format!("not valid UTF-8 (at byte {})", e.valid_up_to());
+                    let msg = format!(
+                        "not valid UTF-8 (at byte {} of the line); save the file as UTF-8",
+                        e.valid_up_to() + 1
+                    );
                     self.bad_line(&path, line, &msg)?;
                     continue;
                 }

@@ -53,7 +53,7 @@ pub use rouge::{
     rouge, rouge_multi, rouge_pair, rouge_tokenize, RougeOptions, RougePair, RougeScores,
 };
 pub use squad::{normalize_answer, squad, squad_exact_match, squad_f1, squad_multi, QaScores};
-pub use task::{task_metrics, TaskKind};
+pub use task::{task_metrics, task_scores, TaskKind, TaskScores};
 
 pub use crate::model::IGNORE_INDEX;
 use crate::{Error, Result};

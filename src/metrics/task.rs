@@ -1,5 +1,7 @@
 //! The metrics of a fine-tuning task's kind, from generated outputs and
-//! their references, as one flat map (the shape an `Eval` event carries).
+//! their references: one flat map of numbers (the shape an `Eval` event's
+//! `metrics` carries), and for classification the whole report (per-label
+//! scores and the confusion matrix), which does not fit a flat map.
 
 use std::collections::BTreeMap;
 
@@ -7,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     classification_report, corpus_bleu, corpus_chrf, rouge, squad, BleuOptions, BleuTokenizer,
-    ChrfOptions, RougeOptions,
+    ChrfOptions, ClassificationReport, RougeOptions,
 };
 use crate::Result;
 
@@ -36,6 +38,14 @@ impl TaskKind {
     }
 }
 
+/// A task's scores: the flat metrics, and the classification report when
+/// the task is classification.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskScores {
+    pub metrics: BTreeMap<String, f64>,
+    pub classification: Option<ClassificationReport>,
+}
+
 /// Scores `predictions` against `references` (same length, at least one).
 /// Every task gets `exact_match` (the output equals the target, after
 /// trimming); a kind adds its own metrics, 0–100. Without a kind, BLEU and
@@ -46,7 +56,22 @@ pub fn task_metrics(
     references: &[String],
     use_stemmer: bool,
 ) -> Result<BTreeMap<String, f64>> {
+    Ok(task_scores(kind, predictions, references, use_stemmer, &[] as &[&str])?.metrics)
+}
+
+/// [`task_metrics`], plus the classification report. `known_labels` are
+/// the task's labels beyond those among `references` (a label of the data
+/// that this sample happens to miss): an output equal to one of them is a
+/// wrong label, not an invalid one.
+pub fn task_scores<L: AsRef<str>>(
+    kind: Option<TaskKind>,
+    predictions: &[String],
+    references: &[String],
+    use_stemmer: bool,
+    known_labels: &[L],
+) -> Result<TaskScores> {
     let mut m = BTreeMap::new();
+    let mut classification = None;
     super::check_pairs("evaluation", predictions.len(), references.len())?;
     let exact = predictions
         .iter()
@@ -82,19 +107,29 @@ pub fn task_metrics(
             m.insert("f1".into(), q.f1);
         }
         Some(TaskKind::Classification) => {
-            let mut labels: Vec<&str> = references.iter().map(|r| r.trim()).collect();
+            let mut labels: Vec<&str> = references
+                .iter()
+                .map(|r| r.trim())
+                .chain(known_labels.iter().map(|l| l.as_ref().trim()))
+                .collect();
             labels.sort_unstable();
             labels.dedup();
             let preds: Vec<&str> = predictions.iter().map(|p| p.trim()).collect();
             let refs: Vec<&str> = references.iter().map(|r| r.trim()).collect();
             let report = classification_report(&preds, &refs, &labels)?;
             m.insert("accuracy".into(), report.accuracy);
+            m.insert("macro_precision".into(), report.macro_avg.precision);
+            m.insert("macro_recall".into(), report.macro_avg.recall);
             m.insert("macro_f1".into(), report.macro_avg.f1);
             m.insert("micro_f1".into(), report.micro_avg.f1);
             m.insert("invalid".into(), report.invalid as f64);
+            classification = Some(report);
         }
     }
-    Ok(m)
+    Ok(TaskScores {
+        metrics: m,
+        classification,
+    })
 }
 
 #[cfg(test)]
@@ -134,5 +169,33 @@ mod tests {
         assert_eq!(m["invalid"], 1.0);
         assert!((m["accuracy"] - 50.0).abs() < 1e-9, "{m:?}");
         assert!((m["exact_match"] - 50.0).abs() < 1e-9, "{m:?}");
+    }
+
+    #[test]
+    fn known_labels_outside_the_sample_are_wrong_not_invalid() {
+        let scores = task_scores(
+            Some(TaskKind::Classification),
+            &s(&["neutral", "yes", "no"]),
+            &s(&["yes", "yes", "no"]),
+            false,
+            &["neutral"],
+        )
+        .unwrap();
+        let report = scores.classification.unwrap();
+        assert_eq!(report.labels, ["neutral", "no", "yes"]);
+        assert_eq!(report.invalid, 0);
+        // Row "yes": one predicted neutral, one yes; no invalid column count.
+        assert_eq!(report.confusion[2], vec![1, 0, 1, 0]);
+        assert_eq!(scores.metrics["invalid"], 0.0);
+        assert!((scores.metrics["accuracy"] - 200.0 / 3.0).abs() < 1e-9);
+        let other = task_scores(
+            Some(TaskKind::Summarization),
+            &s(&["a b"]),
+            &s(&["a b"]),
+            false,
+            &[] as &[&str],
+        )
+        .unwrap();
+        assert!(other.classification.is_none());
     }
 }

@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::data::batch::{collate, Example, Padding, TextToText};
 use crate::data::tokenizer::T5Tokenizer;
 use crate::error::Result;
-use crate::metrics::{task_metrics, TaskKind};
+use crate::metrics::{task_scores, ClassificationReport, TaskKind};
 use crate::model::generate::{generate, GenerateOptions};
 use crate::model::{cross_entropy, ForwardMode, T5};
 
@@ -25,6 +25,9 @@ pub struct EvalOptions {
     pub batch_size: usize,
     pub generate: GenerateOptions,
     pub rouge_stemmer: bool,
+    /// Classification: the task's labels, beyond those among the targets
+    /// scored (an output naming one is wrong, not invalid).
+    pub labels: Vec<String>,
 }
 
 /// One pair's generated output.
@@ -45,8 +48,14 @@ pub struct EvalReport {
     pub token_accuracy: f64,
     /// Mean generated tokens.
     pub gen_len: f64,
-    /// The task's metrics (see [`task_metrics`]).
+    /// Mean characters of the decoded outputs: a length that compares
+    /// across tokenizers.
+    pub gen_chars: f64,
+    /// The task's metrics (see [`crate::metrics::task_metrics`]).
     pub metrics: BTreeMap<String, f64>,
+    /// Classification: per-label scores and the confusion matrix.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub classification: Option<ClassificationReport>,
 }
 
 /// Evaluates `model` on `pairs`, calling `each` with every prediction as
@@ -69,6 +78,7 @@ where
     };
     let cfg = model.config();
     let (mut loss_sum, mut tokens, mut correct, mut gen_tokens) = (0f64, 0usize, 0usize, 0usize);
+    let mut gen_chars = 0usize;
     let (mut outputs, mut targets) = (Vec::new(), Vec::new());
     let mut batch: Vec<(Example, String, String)> = Vec::new();
     let mut flush = |batch: &mut Vec<(Example, String, String)>| -> Result<()> {
@@ -104,6 +114,7 @@ where
                 output: tokenizer.decode(&out)?,
             };
             each(&p)?;
+            gen_chars += p.output.chars().count();
             outputs.push(p.output);
             targets.push(p.target);
         }
@@ -119,10 +130,17 @@ where
     }
     flush(&mut batch)?;
     let n = outputs.len();
-    let metrics = if n == 0 {
-        BTreeMap::new()
+    let (metrics, classification) = if n == 0 {
+        (BTreeMap::new(), None)
     } else {
-        task_metrics(opts.task, &outputs, &targets, opts.rouge_stemmer)?
+        let s = task_scores(
+            opts.task,
+            &outputs,
+            &targets,
+            opts.rouge_stemmer,
+            &opts.labels,
+        )?;
+        (s.metrics, s.classification)
     };
     let loss = loss_sum / tokens.max(1) as f64;
     Ok(EvalReport {
@@ -131,7 +149,9 @@ where
         perplexity: loss.exp(),
         token_accuracy: 100.0 * correct as f64 / tokens.max(1) as f64,
         gen_len: gen_tokens as f64 / n.max(1) as f64,
+        gen_chars: gen_chars as f64 / n.max(1) as f64,
         metrics,
+        classification,
     })
 }
 

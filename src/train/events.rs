@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use crate::metrics::ClassificationReport;
+
 /// Who changed the learning rate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -61,8 +63,13 @@ pub enum TrainEvent {
         loss: f64,
         #[serde(with = "float")]
         perplexity: f64,
-        /// Token accuracy, and the task's metrics (exact match, BLEU, chrF…).
+        /// Token accuracy, generation length, and the task's metrics
+        /// (exact match, BLEU, chrF…): the numbers, flat.
         metrics: BTreeMap<String, f64>,
+        /// A classification task's per-label scores and confusion matrix.
+        /// Absent for other kinds, and in logs written before it existed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        classification: Option<ClassificationReport>,
         time: f64,
     },
     Sample {
@@ -350,5 +357,53 @@ mod tests {
             assert!(grad_norm.is_nan());
             assert!(back == loss || (back.is_nan() && loss.is_nan()), "{line}");
         }
+    }
+
+    #[test]
+    fn an_eval_event_round_trips_with_and_without_its_confusion_matrix() {
+        let report = crate::metrics::classification_report(
+            &["yes", "no", "maybe"],
+            &["yes", "yes", "no"],
+            &["no", "yes"],
+        )
+        .unwrap();
+        let mut metrics = BTreeMap::new();
+        metrics.insert("accuracy".to_string(), report.accuracy);
+        let e = TrainEvent::Eval {
+            step: 3,
+            loss: 1.25,
+            perplexity: 1.25f64.exp(),
+            metrics,
+            classification: Some(report),
+            time: 4.0,
+        };
+        let line = serde_json::to_string(&e).unwrap();
+        assert!(line.contains("\"confusion\":[[0,0,1],[1,1,0]]"), "{line}");
+        assert_eq!(serde_json::from_str::<TrainEvent>(&line).unwrap(), e);
+        // An event log from before the field: it reads as no matrix.
+        let old = r#"{"event":"eval","step":2,"loss":1.5,"perplexity":4.48,"metrics":{"token_accuracy":12.5},"time":3.0}"#;
+        match serde_json::from_str::<TrainEvent>(old).unwrap() {
+            TrainEvent::Eval {
+                classification,
+                metrics,
+                ..
+            } => {
+                assert!(classification.is_none());
+                assert_eq!(metrics["token_accuracy"], 12.5);
+            }
+            other => panic!("{other:?}"),
+        }
+        // And none is written when there is none.
+        let plain = TrainEvent::Eval {
+            step: 1,
+            loss: 1.0,
+            perplexity: 1.0f64.exp(),
+            metrics: BTreeMap::new(),
+            classification: None,
+            time: 1.0,
+        };
+        assert!(!serde_json::to_string(&plain)
+            .unwrap()
+            .contains("classification"));
     }
 }

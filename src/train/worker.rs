@@ -26,7 +26,7 @@ use crate::data::batch::{collate, Batch, Example, Padding};
 use crate::data::stream::Split;
 use crate::data::tokenizer::T5Tokenizer;
 use crate::error::{Error, Result};
-use crate::metrics::task_metrics;
+use crate::metrics::{task_scores, ClassificationReport, TaskKind};
 use crate::model::generate::{generate, GenerateOptions};
 use crate::model::{cross_entropy, ForwardMode, T5};
 use crate::runs::{EventLog, Run, RunLock, RunStore};
@@ -696,25 +696,30 @@ impl Worker {
             "token_accuracy".into(),
             100.0 * correct as f64 / tokens.max(1) as f64,
         );
+        let mut classification = None;
         if self.exp.objective.kind == ObjectiveKind::TextToText {
-            metrics.extend(self.generation_metrics()?);
+            let (task, report) = self.generation_metrics()?;
+            metrics.extend(task);
+            classification = report;
         }
         out.emit(TrainEvent::Eval {
             step: self.step,
             loss,
             perplexity: loss.exp(),
             metrics,
+            classification,
             time: now(),
         });
         Ok(())
     }
 
     /// The task's metrics on generated outputs for the first
-    /// `generate_examples` validation inputs.
-    fn generation_metrics(&self) -> Result<BTreeMap<String, f64>> {
+    /// `generate_examples` validation inputs (and a classification task's
+    /// report, over the labels of every validation example).
+    fn generation_metrics(&self) -> Result<(BTreeMap<String, f64>, Option<ClassificationReport>)> {
         let n = self.exp.eval.generate_examples.min(self.val_examples.len());
         if n == 0 {
-            return Ok(BTreeMap::new());
+            return Ok((BTreeMap::new(), None));
         }
         let max_new_tokens = self
             .exp
@@ -734,14 +739,29 @@ impl Worker {
                 references.push(self.tokenizer.decode(&e.target)?);
             }
         }
-        let mut m = task_metrics(
+        // A label the first n validation targets miss is still a label,
+        // so that an output naming it counts as wrong rather than invalid.
+        let mut labels = Vec::new();
+        if self.exp.objective.task == Some(TaskKind::Classification) {
+            for e in &self.val_examples[n..] {
+                labels.push(self.tokenizer.decode(&e.target)?);
+            }
+        }
+        let mut scores = task_scores(
             self.exp.objective.task,
             &predictions,
             &references,
             self.exp.eval.rouge_stemmer,
+            &labels,
         )?;
-        m.insert("gen_len".into(), lengths as f64 / n as f64);
-        Ok(m)
+        let chars: usize = predictions.iter().map(|p| p.chars().count()).sum();
+        scores
+            .metrics
+            .insert("gen_len".into(), lengths as f64 / n as f64);
+        scores
+            .metrics
+            .insert("gen_chars".into(), chars as f64 / n as f64);
+        Ok((scores.metrics, scores.classification))
     }
 
     fn samples(&mut self, out: &mut Outbox) -> Result<()> {

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use crate::metrics::ClassificationReport;
 use crate::train::events::{FinishReason, LrSource, TrainEvent};
 
 /// Points a curve keeps before it halves its resolution.
@@ -265,6 +266,9 @@ pub struct RunHistory {
     /// Steps where the run was resumed from a checkpoint.
     pub resume_marks: Vec<u64>,
     pub last_eval: Option<(u64, f64, BTreeMap<String, f64>)>,
+    /// The latest eval's classification report (labels, per-label scores,
+    /// confusion matrix), for a classification task.
+    pub last_classification: Option<(u64, ClassificationReport)>,
     pub best_val_loss: Option<f64>,
     pub samples: Vec<SampleLine>,
     pub log: VecDeque<LogLine>,
@@ -299,6 +303,7 @@ impl RunHistory {
             lr_marks: Vec::new(),
             resume_marks: Vec::new(),
             last_eval: None,
+            last_classification: None,
             best_val_loss: None,
             samples: Vec::new(),
             log: VecDeque::new(),
@@ -389,8 +394,12 @@ impl RunHistory {
                 step,
                 loss,
                 metrics,
+                classification,
                 ..
             } => {
+                if let Some(report) = classification {
+                    self.last_classification = Some((*step, report.clone()));
+                }
                 self.val_loss.push(self.point(*loss));
                 if loss.is_finite() && self.best_val_loss.is_none_or(|b| *loss < b) {
                     self.best_val_loss = Some(*loss);

@@ -7,7 +7,7 @@ use ratatui::widgets::{Cell, Paragraph, Row, Table, Wrap};
 use ratatui::Frame;
 
 use super::chart::{self, Series};
-use super::{clip, panel, short};
+use super::{clip, metric_value, ordered_metrics, panel, short};
 use crate::tui::app::{App, CompareState};
 use crate::tui::theme::Theme;
 
@@ -143,27 +143,39 @@ fn render_params(c: &CompareState, theme: &Theme, frame: &mut Frame, area: Rect)
 
 fn render_metrics(c: &CompareState, theme: &Theme, frame: &mut Frame, area: Rect) {
     let block = panel(" final and best (Tab: samples) ", theme);
-    let mut metric_names: Vec<String> = c
+    let metric_names: Vec<&str> = c
         .runs
         .iter()
         .filter_map(|r| r.history.last_eval.as_ref())
-        .flat_map(|(_, _, m)| m.keys().cloned())
+        .flat_map(|(_, _, m)| m.keys().map(String::as_str))
         .collect();
-    metric_names.sort();
-    metric_names.dedup();
     let each = |f: &dyn Fn(&crate::tui::history::RunHistory) -> String| -> Vec<String> {
         c.runs.iter().map(|r| f(&r.history)).collect()
     };
-    let mut rows: Vec<(String, Vec<String>)> = vec![
+    let mut rows: Vec<(String, Vec<String>)> = vec![(
+        "status".into(),
+        c.runs.iter().map(|r| r.status.clone()).collect(),
+    )];
+    // The task's metrics first, lined up by name across the runs: they are
+    // what the runs are compared by, and at 80x24 only the first rows fit.
+    for (m, label) in ordered_metrics(metric_names) {
+        let values = each(&|h| {
+            h.last_eval
+                .as_ref()
+                .and_then(|(_, _, ms)| ms.get(m))
+                .map(|v| metric_value(m, *v))
+                .unwrap_or("-".into())
+        });
+        rows.push((label, values));
+    }
+    rows.extend([
         (
-            "status".into(),
-            c.runs.iter().map(|r| r.status.clone()).collect(),
-        ),
-        ("steps".into(), each(&|h| h.step.to_string())),
-        ("tokens seen".into(), each(&|h| short(h.tokens_seen as f64))),
-        (
-            "final train loss".into(),
-            each(&|h| h.loss.map(|l| format!("{l:.4}")).unwrap_or("-".into())),
+            "best val loss".into(),
+            each(&|h| {
+                h.best_val_loss
+                    .map(|l| format!("{l:.4}"))
+                    .unwrap_or("-".into())
+            }),
         ),
         (
             "last val loss".into(),
@@ -175,13 +187,11 @@ fn render_metrics(c: &CompareState, theme: &Theme, frame: &mut Frame, area: Rect
             }),
         ),
         (
-            "best val loss".into(),
-            each(&|h| {
-                h.best_val_loss
-                    .map(|l| format!("{l:.4}"))
-                    .unwrap_or("-".into())
-            }),
+            "final train loss".into(),
+            each(&|h| h.loss.map(|l| format!("{l:.4}")).unwrap_or("-".into())),
         ),
+        ("steps".into(), each(&|h| h.step.to_string())),
+        ("tokens seen".into(), each(&|h| short(h.tokens_seen as f64))),
         (
             "tokens/s".into(),
             each(&|h| {
@@ -190,17 +200,7 @@ fn render_metrics(c: &CompareState, theme: &Theme, frame: &mut Frame, area: Rect
                     .unwrap_or("-".into())
             }),
         ),
-    ];
-    for m in metric_names {
-        let values = each(&|h| {
-            h.last_eval
-                .as_ref()
-                .and_then(|(_, _, ms)| ms.get(&m))
-                .map(|v| format!("{v:.2}"))
-                .unwrap_or("-".into())
-        });
-        rows.push((m.clone(), values));
-    }
+    ]);
     let rows: Vec<Row> = rows
         .into_iter()
         .map(|(k, vs)| {

@@ -6,7 +6,8 @@ use ratatui::widgets::{Gauge, Paragraph, Sparkline, Wrap};
 use ratatui::Frame;
 
 use super::chart::{self, Mark, Series};
-use super::{clip, duration, panel, short};
+use super::confusion;
+use super::{clip, duration, metric_value, ordered_metrics, panel, short};
 use crate::tui::app::App;
 use crate::tui::history::{LogKind, Phase, RunHistory, XAxis};
 use crate::tui::theme::Theme;
@@ -253,16 +254,29 @@ fn render_stats(
     frame.render_widget(block, area);
     let fmt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map(f).unwrap_or_else(|| "-".into());
     let val = h.last_eval.as_ref().map(|(_, l, _)| *l);
-    let mut rows: Vec<(&str, String)> = vec![
-        ("loss", fmt(h.loss, &|v| format!("{v:.4}"))),
+    let mut rows: Vec<(String, String)> = vec![
+        ("loss".into(), fmt(h.loss, &|v| format!("{v:.4}"))),
         (
-            "val loss",
+            "val loss".into(),
             match (val, h.best_val_loss) {
                 (Some(v), Some(b)) if (v - b).abs() < 1e-12 => format!("{v:.4} (best)"),
                 (Some(v), Some(b)) => format!("{v:.3} (best {b:.3})"),
                 _ => "-".into(),
             },
         ),
+    ];
+    // The task's scores come right after the losses: at 80x24 only the
+    // first rows fit, and a fine-tuning run is judged by its metric.
+    if let Some((step, _, metrics)) = &h.last_eval {
+        for (k, label) in ordered_metrics(metrics.keys().map(String::as_str))
+            .into_iter()
+            .take(4)
+        {
+            let v = metric_value(k, metrics[k]);
+            rows.push((clip(&label, 10), format!("{v} @{step}")));
+        }
+    }
+    let more: Vec<(&str, String)> = vec![
         ("lr", fmt(h.lr, &|v| format!("{v:.3e}"))),
         ("grad norm", fmt(h.grad_norm, &|v| format!("{v:.3}"))),
         ("tokens/s", fmt(h.tokens_per_sec, &|v| format!("{v:.0}"))),
@@ -289,13 +303,9 @@ fn render_stats(
                 .unwrap_or_else(|| "-".into()),
         ),
     ];
-    if let Some((step, _, metrics)) = &h.last_eval {
-        for (k, v) in metrics.iter().take(4) {
-            rows.push((leak_key(k), format!("{v:.2} @{step}")));
-        }
-    }
+    rows.extend(more.into_iter().map(|(k, v)| (k.to_string(), v)));
     if h.warnings > 0 {
-        rows.push(("warnings", h.warnings.to_string()));
+        rows.push(("warnings".into(), h.warnings.to_string()));
     }
     let spark_rows = if with_sparks { 4 } else { 0 };
     let room = (inner.height as usize).saturating_sub(spark_rows);
@@ -340,26 +350,24 @@ fn render_stats(
     }
 }
 
-/// Metric names are few and short-lived in a frame; a `&str` view of the
-/// common ones keeps the row table simple.
-fn leak_key(k: &str) -> &'static str {
-    match k {
-        "token_accuracy" => "token acc",
-        "exact_match" => "exact match",
-        "bleu" => "BLEU",
-        "chrf" => "chrF",
-        "gen_len" => "gen len",
-        "rouge1" => "ROUGE-1",
-        "rouge2" => "ROUGE-2",
-        "rougeL" => "ROUGE-L",
-        "accuracy" => "accuracy",
-        "f1" => "F1",
-        _ => "metric",
-    }
-}
-
 fn render_bottom(app: &App, h: &RunHistory, theme: &Theme, frame: &mut Frame, area: Rect) {
-    if area.width >= 140 {
+    let wide = area.width >= 140;
+    let mut area = area;
+    // A classification run's confusion matrix sits at the right, as wide
+    // as it needs; too many labels for the room, it says so in its place.
+    if let Some((step, report)) = &h.last_classification {
+        // At most half the width: the samples beside it must stay readable.
+        let room = area.width.saturating_sub(30).min(area.width / 2);
+        // Too wide even at its narrowest: a 30-column note says so.
+        let need = confusion::width(report, room).min(room).max(30);
+        if area.width >= need + 30 {
+            let [rest, matrix] =
+                Layout::horizontal([Constraint::Min(30), Constraint::Length(need)]).areas(area);
+            confusion::render(report, *step, theme, frame, matrix);
+            area = rest;
+        }
+    }
+    if wide {
         let [s, l] = Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)])
             .areas(area);
         render_samples(h, theme, frame, s);

@@ -3,6 +3,7 @@
 
 mod chart;
 mod compare;
+mod confusion;
 mod dashboard;
 mod editor;
 mod runs;
@@ -323,6 +324,61 @@ pub fn duration(secs: f64) -> String {
 }
 
 /// Cuts `s` to `n` characters, with an ellipsis when cut.
+/// The metrics an eval event may carry, in the order a reader looks for
+/// them (the task's headline score first, the generic ones last), with
+/// their short names. Metrics not listed follow, by name.
+const METRICS: &[(&str, &str)] = &[
+    ("bleu", "BLEU"),
+    ("chrf", "chrF"),
+    ("bleu_char", "BLEU char"),
+    ("rougeL", "ROUGE-L"),
+    ("rouge1", "ROUGE-1"),
+    ("rouge2", "ROUGE-2"),
+    ("rougeLsum", "ROUGE-Lsum"),
+    ("f1", "F1"),
+    ("accuracy", "accuracy"),
+    ("macro_f1", "macro F1"),
+    ("micro_f1", "micro F1"),
+    ("invalid", "invalid"),
+    ("macro_precision", "macro P"),
+    ("macro_recall", "macro R"),
+    ("exact_match", "exact match"),
+    ("token_accuracy", "token acc"),
+    ("gen_len", "gen len"),
+    ("gen_chars", "gen chars"),
+];
+
+/// `names` in reading order (see [`METRICS`]), each with its short name.
+pub fn ordered_metrics<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<(&'a str, String)> {
+    let rank = |k: &str| {
+        METRICS
+            .iter()
+            .position(|(m, _)| *m == k)
+            .unwrap_or(METRICS.len())
+    };
+    let mut v: Vec<&str> = names.into_iter().collect();
+    v.sort_by(|a, b| rank(a).cmp(&rank(b)).then(a.cmp(b)));
+    v.dedup();
+    v.into_iter()
+        .map(|k| {
+            let label = METRICS
+                .iter()
+                .find(|(m, _)| *m == k)
+                .map_or_else(|| k.replace('_', " "), |(_, l)| (*l).to_string());
+            (k, label)
+        })
+        .collect()
+}
+
+/// A metric's value as the views print it: counts whole, scores to 0.01.
+pub fn metric_value(key: &str, v: f64) -> String {
+    if key == "invalid" {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
 pub fn clip(s: &str, n: usize) -> String {
     if s.chars().count() <= n {
         return s.to_string();
