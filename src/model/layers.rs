@@ -246,13 +246,13 @@ impl Attention {
                 &own
             }
         };
-        let scores = q.matmul(&kv.k.t()?)?;
+        let scores = super::kernels::batched_matmul(&q, &kv.k.t()?)?;
         let dtype = scores.dtype();
         // Bias, mask and softmax in f32 whatever the compute dtype.
         let scores = scores.to_dtype(DType::F32)?.broadcast_add(bias)?;
         let weights = super::kernels::softmax_last_dim(&scores)?.to_dtype(dtype)?;
         let weights = mode.dropout(&weights, dropout)?;
-        let out = weights.matmul(&kv.v)?;
+        let out = super::kernels::batched_matmul(&weights, &kv.v)?;
         let out = out
             .transpose(1, 2)?
             .reshape((b, s, self.num_heads * self.d_kv))?;
