@@ -3,9 +3,9 @@
 //! data pipeline, the trainer and the run store; the TUI and the headless
 //! CLI both drive it.
 
-pub mod alloc;
 pub mod cli;
 pub mod config;
+pub mod cpu_runtime;
 pub mod data;
 pub mod error;
 pub mod fsutil;

@@ -5,7 +5,7 @@
 use clap::Parser;
 
 fn main() {
-    t5_tui::alloc::keep_freed_memory();
+    t5_tui::cpu_runtime::configure();
     let cli = t5_tui::cli::Cli::parse();
     let code = t5_tui::cli::run(cli, &mut std::io::stdout(), &mut std::io::stderr());
     std::process::exit(code);

@@ -114,6 +114,70 @@ fn gelu_gate(x: f32) -> f32 {
 
 // -------------------------------------------------------------- helpers
 
+/// Lanes of the reductions below: float sums only vectorise when written
+/// as independent partial sums (the compiler may not reorder float adds).
+const LANES: usize = 16;
+
+/// `Σ f(x_i)` in a fixed order (so the same bits every time).
+#[inline(always)]
+fn sum_map(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for c in &mut chunks {
+        for i in 0..LANES {
+            acc[i] += f(c[i]);
+        }
+    }
+    let mut s = chunks.remainder().iter().fold(0f32, |s, &v| s + f(v));
+    for a in acc {
+        s += a;
+    }
+    s
+}
+
+/// `Σ f(x_i, y_i)` in a fixed order.
+#[inline(always)]
+fn sum_map2(x: &[f32], y: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
+    let n = x.len().min(y.len());
+    let (x, y) = (&x[..n], &y[..n]);
+    let mut acc = [0f32; LANES];
+    let full = n / LANES * LANES;
+    for (cx, cy) in x[..full]
+        .chunks_exact(LANES)
+        .zip(y[..full].chunks_exact(LANES))
+    {
+        for i in 0..LANES {
+            acc[i] += f(cx[i], cy[i]);
+        }
+    }
+    let mut s = 0f32;
+    for i in full..n {
+        s += f(x[i], y[i]);
+    }
+    for a in acc {
+        s += a;
+    }
+    s
+}
+
+/// The largest value (NaN is skipped here, and surfaces in the `exp`
+/// that follows every use).
+#[inline(always)]
+fn max_of(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for c in &mut chunks {
+        for i in 0..LANES {
+            acc[i] = if c[i] > acc[i] { c[i] } else { acc[i] };
+        }
+    }
+    let mut m = f32::NEG_INFINITY;
+    for &v in acc.iter().chain(chunks.remainder()) {
+        m = if v > m { v } else { m };
+    }
+    m
+}
+
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> CResult<&'a [f32]> {
     let CpuStorage::F32(v) = s else {
         bail!("{op}: expects f32 tensors, got {:?}", s.dtype())
@@ -278,13 +342,11 @@ pub fn gated_gelu(gate: &Tensor, up: &Tensor) -> CResult<Tensor> {
 vectorized! {
     fn softmax_rows(x: &[f32], out: &mut [f32], len: usize) {
         for (xr, yr) in x.chunks_exact(len).zip(out.chunks_exact_mut(len)) {
-            let max = xr.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            let mut sum = 0f32;
+            let max = max_of(xr);
             for (y, &v) in yr.iter_mut().zip(xr) {
                 *y = exp(v - max);
-                sum += *y;
             }
-            let inv = 1.0 / sum;
+            let inv = 1.0 / sum_map(yr, |v| v);
             for y in yr.iter_mut() {
                 *y *= inv;
             }
@@ -295,7 +357,7 @@ vectorized! {
 vectorized! {
     fn softmax_grad_rows(y: &[f32], g: &[f32], out: &mut [f32], len: usize) {
         for ((yr, gr), dr) in y.chunks_exact(len).zip(g.chunks_exact(len)).zip(out.chunks_exact_mut(len)) {
-            let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
+            let dot = sum_map2(yr, gr, |a, b| a * b);
             for ((d, &yv), &gv) in dr.iter_mut().zip(yr).zip(gr) {
                 *d = yv * (gv - dot);
             }
@@ -370,7 +432,7 @@ vectorized! {
     fn rms_norm_rows(x: &[f32], w: &[f32], out: &mut [f32], eps: f32) {
         let d = w.len();
         for (xr, yr) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-            let ss: f32 = xr.iter().map(|v| v * v).sum();
+            let ss = sum_map(xr, |v| v * v);
             let r = 1.0 / (ss / d as f32 + eps).sqrt();
             for ((y, &v), &wv) in yr.iter_mut().zip(xr).zip(w) {
                 *y = wv * (v * r);
@@ -384,12 +446,18 @@ vectorized! {
     fn rms_norm_grad_rows(x: &[f32], w: &[f32], g: &[f32], dx: &mut [f32], dw: &mut [f32], eps: f32) {
         let d = w.len();
         for ((xr, gr), dr) in x.chunks_exact(d).zip(g.chunks_exact(d)).zip(dx.chunks_exact_mut(d)) {
-            let ss: f32 = xr.iter().map(|v| v * v).sum();
+            let ss = sum_map(xr, |v| v * v);
             let r = 1.0 / (ss / d as f32 + eps).sqrt();
-            let mut ax = 0f32;
-            for ((&gv, &wv), &xv) in gr.iter().zip(w).zip(xr) {
-                ax += gv * wv * xv;
-            }
+            // Σ g·w·x, as Σ (g·w)·x over lanes.
+            let mut gw = [0f32; 1024];
+            let ax = if d <= gw.len() {
+                for ((o, &gv), &wv) in gw.iter_mut().zip(gr).zip(w) {
+                    *o = gv * wv;
+                }
+                sum_map2(&gw[..d], xr, |a, b| a * b)
+            } else {
+                gr.iter().zip(w).zip(xr).fold(0f32, |s, ((&gv, &wv), &xv)| s + gv * wv * xv)
+            };
             let c = r * r * ax / d as f32;
             for (((o, &gv), &wv), &xv) in dr.iter_mut().zip(gr).zip(w).zip(xr) {
                 *o = r * (gv * wv - xv * c);
@@ -512,8 +580,8 @@ vectorized! {
     /// Per row: `[logsumexp - x[target], logsumexp]`.
     fn cross_entropy_rows(x: &[f32], targets: &[u32], out: &mut [f32], len: usize) {
         for ((xr, &t), o) in x.chunks_exact(len).zip(targets).zip(out.chunks_exact_mut(2)) {
-            let max = xr.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            let sum: f32 = xr.iter().map(|&v| exp(v - max)).sum();
+            let max = max_of(xr);
+            let sum = sum_map(xr, |v| exp(v - max));
             let lse = max + sum.ln();
             o[0] = lse - xr[t as usize];
             o[1] = lse;
