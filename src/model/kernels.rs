@@ -870,6 +870,751 @@ pub fn batched_matmul(a: &Tensor, b: &Tensor) -> CResult<Tensor> {
     }
 }
 
+// ------------------------------------------------- linear and attention
+//
+// The ops below take whole parts of a layer (a linear map, the key and
+// value maps together, the attention between projections) so that the
+// graph has two or three edges where candle's composed ops have a dozen:
+// every edge of candle's backward pass zeroes a buffer the size of its
+// tensor and adds into it, and every node keeps its output alive until the
+// backward pass is done.
+
+/// A raw output pointer shared by tasks that write disjoint elements.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+// SAFETY: only used where each task writes elements no other task touches.
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    /// Through a method, so that closures capture the whole (Sync) struct
+    /// rather than the raw pointer field.
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
+fn gemm_threads() -> gemm::Parallelism {
+    match rayon::current_num_threads() {
+        0 | 1 => gemm::Parallelism::None,
+        n => gemm::Parallelism::Rayon(n),
+    }
+}
+
+/// A matrix in memory: its first element and its row and column strides.
+#[derive(Clone, Copy)]
+struct Mat {
+    ptr: *const f32,
+    rs: usize,
+    cs: usize,
+}
+
+/// `dst (m x n, row stride dst_rs) [+]= a (m x k) · b (k x n)`.
+///
+/// # Safety
+/// Every element the strides reach must lie inside its buffer, and `dst`
+/// must not overlap `a` or `b` or another task's output.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_into(
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Mat,
+    b: Mat,
+    par: gemm::Parallelism,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        accumulate,
+        a.ptr,
+        a.cs as isize,
+        a.rs as isize,
+        b.ptr,
+        b.cs as isize,
+        b.rs as isize,
+        if accumulate { 1f32 } else { 0f32 },
+        1f32,
+        false,
+        false,
+        false,
+        par,
+    )
+}
+
+/// The f32 values of a contiguous CPU tensor.
+fn host<'a>(s: &'a candle_core::Storage, l: &Layout, op: &str) -> CResult<&'a [f32]> {
+    match s {
+        candle_core::Storage::Cpu(c) => f32_slice(c, l, op),
+        _ => bail!("{op}: expects tensors on the CPU"),
+    }
+}
+
+/// `x Wᵀ` for `x: [..., in]`, `W: [out, in]`.
+struct LinearOp;
+
+impl CustomOp2 for LinearOp {
+    fn name(&self) -> &'static str {
+        "linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, self.name())?;
+        let w = f32_slice(s2, l2, self.name())?;
+        let (out, inn) = l2.shape().dims2()?;
+        let rows = x.len() / inn.max(1);
+        let mut y = vec![0f32; rows * out];
+        // SAFETY: x is rows x in, w is out x in (read as its transpose),
+        // y is rows x out; all contiguous.
+        unsafe {
+            gemm_into(
+                y.as_mut_ptr(),
+                out,
+                false,
+                rows,
+                out,
+                inn,
+                Mat {
+                    ptr: x.as_ptr(),
+                    rs: inn,
+                    cs: 1,
+                },
+                Mat {
+                    ptr: w.as_ptr(),
+                    rs: 1,
+                    cs: inn,
+                },
+                gemm_threads(),
+            )
+        };
+        let mut dims = l1.dims().to_vec();
+        let r = dims.len();
+        dims[r - 1] = out;
+        Ok((CpuStorage::F32(y), Shape::from(dims)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let (out, inn) = w.dims2()?;
+        let rows = x.elem_count() / inn.max(1);
+        let mut dx = vec![0f32; rows * inn];
+        let mut dw = vec![0f32; out * inn];
+        {
+            let (xs, xl) = x.storage_and_layout();
+            let (ws, wl) = w.storage_and_layout();
+            let (gs, gl) = grad.storage_and_layout();
+            let (xv, wv, gv) = (
+                host(&xs, xl, "linear")?,
+                host(&ws, wl, "linear")?,
+                host(&gs, gl, "linear")?,
+            );
+            // SAFETY: shapes as in the forward pass; dx and dw are fresh.
+            unsafe {
+                // dx = g W
+                gemm_into(
+                    dx.as_mut_ptr(),
+                    inn,
+                    false,
+                    rows,
+                    inn,
+                    out,
+                    Mat {
+                        ptr: gv.as_ptr(),
+                        rs: out,
+                        cs: 1,
+                    },
+                    Mat {
+                        ptr: wv.as_ptr(),
+                        rs: inn,
+                        cs: 1,
+                    },
+                    gemm_threads(),
+                );
+                // dW = gᵀ x
+                gemm_into(
+                    dw.as_mut_ptr(),
+                    inn,
+                    false,
+                    out,
+                    inn,
+                    rows,
+                    Mat {
+                        ptr: gv.as_ptr(),
+                        rs: 1,
+                        cs: out,
+                    },
+                    Mat {
+                        ptr: xv.as_ptr(),
+                        rs: inn,
+                        cs: 1,
+                    },
+                    gemm_threads(),
+                );
+            }
+        }
+        let dev = x.device();
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), dev)?),
+            Some(Tensor::from_vec(dw, w.shape(), dev)?),
+        ))
+    }
+}
+
+/// `x Wᵀ` for `x: [..., in]` and `W: [out, in]`: one op with its own
+/// backward on the CPU, candle's reshape and matmul elsewhere.
+pub fn linear(xs: &Tensor, weight: &Tensor) -> CResult<Tensor> {
+    if fusable(&[xs, weight])
+        && xs.rank() >= 1
+        && weight.rank() == 2
+        && xs.dim(D::Minus1)? == weight.dim(1)?
+    {
+        xs.contiguous()?.apply_op2(&weight.contiguous()?, LinearOp)
+    } else {
+        let dims = xs.dims();
+        let inner = dims[dims.len() - 1];
+        let rows = xs.elem_count() / inner.max(1);
+        let w = weight.to_dtype(xs.dtype())?;
+        let y = xs.reshape((rows, inner))?.matmul(&w.t()?)?;
+        let mut shape = dims.to_vec();
+        let r = shape.len();
+        shape[r - 1] = weight.dim(0)?;
+        y.reshape(shape)
+    }
+}
+
+/// Keys and values in one tensor, `[..., 2 * inner]`: `x W_kᵀ` then
+/// `x W_vᵀ` in each row.
+struct KvProjection;
+
+impl CustomOp3 for KvProjection {
+    fn name(&self) -> &'static str {
+        "kv-projection"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, self.name())?;
+        let wk = f32_slice(s2, l2, self.name())?;
+        let wv = f32_slice(s3, l3, self.name())?;
+        let (out, inn) = l2.shape().dims2()?;
+        if l3.dims() != l2.dims() {
+            bail!("kv-projection: key and value weights differ in shape");
+        }
+        let rows = x.len() / inn.max(1);
+        let mut y = vec![0f32; rows * 2 * out];
+        for (i, w) in [wk, wv].into_iter().enumerate() {
+            // SAFETY: half of each row of y, row stride 2 * out.
+            unsafe {
+                gemm_into(
+                    y.as_mut_ptr().add(i * out),
+                    2 * out,
+                    false,
+                    rows,
+                    out,
+                    inn,
+                    Mat {
+                        ptr: x.as_ptr(),
+                        rs: inn,
+                        cs: 1,
+                    },
+                    Mat {
+                        ptr: w.as_ptr(),
+                        rs: 1,
+                        cs: inn,
+                    },
+                    gemm_threads(),
+                )
+            };
+        }
+        let mut dims = l1.dims().to_vec();
+        let r = dims.len();
+        dims[r - 1] = 2 * out;
+        Ok((CpuStorage::F32(y), Shape::from(dims)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        wk: &Tensor,
+        wv: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let (out, inn) = wk.dims2()?;
+        let rows = x.elem_count() / inn.max(1);
+        let mut dx = vec![0f32; rows * inn];
+        let mut dwk = vec![0f32; out * inn];
+        let mut dwv = vec![0f32; out * inn];
+        {
+            let (xs, xl) = x.storage_and_layout();
+            let (ks, kl) = wk.storage_and_layout();
+            let (vs, vl) = wv.storage_and_layout();
+            let (gs, gl) = grad.storage_and_layout();
+            let name = "kv-projection";
+            let (xv, kv, vv, gv) = (
+                host(&xs, xl, name)?,
+                host(&ks, kl, name)?,
+                host(&vs, vl, name)?,
+                host(&gs, gl, name)?,
+            );
+            for (i, (w, dw)) in [(kv, &mut dwk), (vv, &mut dwv)].into_iter().enumerate() {
+                let g = Mat {
+                    ptr: gv[i * out..].as_ptr(),
+                    rs: 2 * out,
+                    cs: 1,
+                };
+                let gt = Mat {
+                    ptr: gv[i * out..].as_ptr(),
+                    rs: 1,
+                    cs: 2 * out,
+                };
+                // SAFETY: shapes as in the forward pass; outputs are fresh.
+                unsafe {
+                    // dx += g_i W_i
+                    gemm_into(
+                        dx.as_mut_ptr(),
+                        inn,
+                        i > 0,
+                        rows,
+                        inn,
+                        out,
+                        g,
+                        Mat {
+                            ptr: w.as_ptr(),
+                            rs: inn,
+                            cs: 1,
+                        },
+                        gemm_threads(),
+                    );
+                    // dW_i = g_iᵀ x
+                    gemm_into(
+                        dw.as_mut_ptr(),
+                        inn,
+                        false,
+                        out,
+                        inn,
+                        rows,
+                        gt,
+                        Mat {
+                            ptr: xv.as_ptr(),
+                            rs: inn,
+                            cs: 1,
+                        },
+                        gemm_threads(),
+                    );
+                }
+            }
+        }
+        let dev = x.device();
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), dev)?),
+            Some(Tensor::from_vec(dwk, wk.shape(), dev)?),
+            Some(Tensor::from_vec(dwv, wv.shape(), dev)?),
+        ))
+    }
+}
+
+/// `[x W_kᵀ | x W_vᵀ]` along the last dim, on the CPU in f32 (see
+/// [`attention`]); `None` where the fused path does not apply.
+pub fn kv_projection(xs: &Tensor, wk: &Tensor, wv: &Tensor) -> CResult<Option<Tensor>> {
+    if !(fusable(&[xs, wk, wv]) && wk.rank() == 2 && wk.dims() == wv.dims() && xs.rank() == 3) {
+        return Ok(None);
+    }
+    if xs.dim(D::Minus1)? != wk.dim(1)? {
+        return Ok(None);
+    }
+    Ok(Some(xs.contiguous()?.apply_op3(
+        &wk.contiguous()?,
+        &wv.contiguous()?,
+        KvProjection,
+    )?))
+}
+
+/// Multi-head attention between projections, without T5's scaling:
+/// `softmax(q kᵀ + bias) v` per head, where `q: [b, s, h*d]`,
+/// `kv: [b, t, 2*h*d]` (keys, then values, as [`kv_projection`] makes
+/// them) and `bias: [1 or b, 1 or h, s, t]`. Heads are read in place
+/// through strides (no split, transpose or copy), the batch and heads are
+/// split over the threads, and the softmax is kept for the backward pass.
+struct AttentionOp {
+    heads: usize,
+    /// The attention weights of the forward pass, `[b, h, s, t]`.
+    probs: std::sync::Mutex<Vec<f32>>,
+}
+
+struct AttnDims {
+    b: usize,
+    s: usize,
+    t: usize,
+    h: usize,
+    d: usize,
+    bias_b: usize,
+    bias_h: usize,
+    /// 1 when the bias is one row for every query (a padding mask).
+    bias_s: usize,
+}
+
+impl AttnDims {
+    fn inner(&self) -> usize {
+        self.h * self.d
+    }
+
+    fn bias_offset(&self, bi: usize, hi: usize) -> usize {
+        let bb = if self.bias_b > 1 { bi } else { 0 };
+        let bh = if self.bias_h > 1 { hi } else { 0 };
+        (bb * self.bias_h + bh) * self.bias_s * self.t
+    }
+
+    /// The bias row of query row `r`, from a head's bias offset.
+    fn bias_row(&self, r: usize) -> usize {
+        if self.bias_s > 1 {
+            r * self.t
+        } else {
+            0
+        }
+    }
+}
+
+fn attn_dims(q: &[usize], kv: &[usize], bias: &[usize], heads: usize) -> CResult<AttnDims> {
+    let (&[b, s, inner], &[kb, t, kv2], &[bb, bh, bs, bt]) = (q, kv, bias) else {
+        bail!("attention: expects q [b, s, h*d], kv [b, t, 2*h*d], bias [b, h, s, t]")
+    };
+    if heads == 0
+        || inner % heads != 0
+        || kb != b
+        || kv2 != 2 * inner
+        || !(bs == s || bs == 1)
+        || bt != t
+    {
+        bail!("attention: shapes q {q:?}, kv {kv:?}, bias {bias:?} do not match");
+    }
+    if !(bb == 1 || bb == b) || !(bh == 1 || bh == heads) {
+        bail!("attention: bias {bias:?} does not broadcast over batch {b} and {heads} heads");
+    }
+    Ok(AttnDims {
+        b,
+        s,
+        t,
+        h: heads,
+        d: inner / heads,
+        bias_b: bb,
+        bias_h: bh,
+        bias_s: bs,
+    })
+}
+
+impl CustomOp3 for AttentionOp {
+    fn name(&self) -> &'static str {
+        "attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let q = f32_slice(s1, l1, self.name())?;
+        let kv = f32_slice(s2, l2, self.name())?;
+        let bias = f32_slice(s3, l3, self.name())?;
+        let g = attn_dims(l1.dims(), l2.dims(), l3.dims(), self.heads)?;
+        let (inner, st) = (g.inner(), g.s * g.t);
+        let mut out = vec![0f32; g.b * g.s * inner];
+        let mut probs = vec![0f32; g.b * g.h * st];
+        let out_ptr = SharedMut(out.as_mut_ptr());
+        probs.par_chunks_mut(st).enumerate().for_each(|(task, p)| {
+            let (bi, hi) = (task / g.h, task % g.h);
+            let q0 = bi * g.s * inner + hi * g.d;
+            let k0 = bi * g.t * 2 * inner + hi * g.d;
+            // SAFETY: p is s x t; q, k and v are read through their
+            // strides inside their buffers; each task writes only its
+            // own head's columns of out.
+            unsafe {
+                gemm_into(
+                    p.as_mut_ptr(),
+                    g.t,
+                    false,
+                    g.s,
+                    g.t,
+                    g.d,
+                    Mat {
+                        ptr: q[q0..].as_ptr(),
+                        rs: inner,
+                        cs: 1,
+                    },
+                    Mat {
+                        ptr: kv[k0..].as_ptr(),
+                        rs: 1,
+                        cs: 2 * inner,
+                    },
+                    gemm::Parallelism::None,
+                );
+            }
+            let b0 = g.bias_offset(bi, hi);
+            let mut row = vec![0f32; g.t];
+            for (r, pr) in p.chunks_exact_mut(g.t).enumerate() {
+                let brow = &bias[b0 + g.bias_row(r)..][..g.t];
+                for ((o, &v), &bv) in row.iter_mut().zip(pr.iter()).zip(brow) {
+                    *o = v + bv;
+                }
+                softmax_rows(&row, pr, g.t);
+            }
+            unsafe {
+                gemm_into(
+                    out_ptr.at(q0),
+                    inner,
+                    false,
+                    g.s,
+                    g.d,
+                    g.t,
+                    Mat {
+                        ptr: p.as_ptr(),
+                        rs: g.t,
+                        cs: 1,
+                    },
+                    Mat {
+                        ptr: kv[k0 + inner..].as_ptr(),
+                        rs: 2 * inner,
+                        cs: 1,
+                    },
+                    gemm::Parallelism::None,
+                );
+            }
+        });
+        if let Ok(mut keep) = self.probs.lock() {
+            *keep = probs;
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        kv: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let g = attn_dims(q.dims(), kv.dims(), bias.dims(), self.heads)?;
+        let (inner, st) = (g.inner(), g.s * g.t);
+        let probs = self
+            .probs
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("attention: weights lost".into()))?;
+        if probs.len() != g.b * g.h * st {
+            bail!("attention: backward without its forward pass");
+        }
+        let want_bias = bias.track_op();
+        let mut dq = vec![0f32; q.elem_count()];
+        let mut dkv = vec![0f32; kv.elem_count()];
+        // The scores' gradient per head, kept when the bias learns.
+        let mut dscores = vec![0f32; g.b * g.h * st];
+        {
+            let (qs, ql) = q.storage_and_layout();
+            let (ks, kl) = kv.storage_and_layout();
+            let (gs, gl) = grad.storage_and_layout();
+            let name = "attention";
+            let (qv, kvv, gv) = (
+                host(&qs, ql, name)?,
+                host(&ks, kl, name)?,
+                host(&gs, gl, name)?,
+            );
+            let (dq_ptr, dkv_ptr) = (SharedMut(dq.as_mut_ptr()), SharedMut(dkv.as_mut_ptr()));
+            dscores
+                .par_chunks_mut(st)
+                .enumerate()
+                .for_each(|(task, ds)| {
+                    let (bi, hi) = (task / g.h, task % g.h);
+                    let q0 = bi * g.s * inner + hi * g.d;
+                    let k0 = bi * g.t * 2 * inner + hi * g.d;
+                    let p = &probs[task * st..(task + 1) * st];
+                    let none = gemm::Parallelism::None;
+                    // SAFETY: as in the forward pass; each task writes its own
+                    // head's columns of dq and dkv, and its own ds.
+                    unsafe {
+                        // dP = dO vᵀ
+                        gemm_into(
+                            ds.as_mut_ptr(),
+                            g.t,
+                            false,
+                            g.s,
+                            g.t,
+                            g.d,
+                            Mat {
+                                ptr: gv[q0..].as_ptr(),
+                                rs: inner,
+                                cs: 1,
+                            },
+                            Mat {
+                                ptr: kvv[k0 + inner..].as_ptr(),
+                                rs: 1,
+                                cs: 2 * inner,
+                            },
+                            none,
+                        );
+                        // dV = Pᵀ dO
+                        gemm_into(
+                            dkv_ptr.at(k0 + inner),
+                            2 * inner,
+                            false,
+                            g.t,
+                            g.d,
+                            g.s,
+                            Mat {
+                                ptr: p.as_ptr(),
+                                rs: 1,
+                                cs: g.t,
+                            },
+                            Mat {
+                                ptr: gv[q0..].as_ptr(),
+                                rs: inner,
+                                cs: 1,
+                            },
+                            none,
+                        );
+                    }
+                    // dS = P ⊙ (dP - rowsum(dP ⊙ P))
+                    let mut row = vec![0f32; g.t];
+                    for (dr, pr) in ds.chunks_exact_mut(g.t).zip(p.chunks_exact(g.t)) {
+                        row.copy_from_slice(dr);
+                        softmax_grad_rows(pr, &row, dr, g.t);
+                    }
+                    unsafe {
+                        // dQ = dS k
+                        gemm_into(
+                            dq_ptr.at(q0),
+                            inner,
+                            false,
+                            g.s,
+                            g.d,
+                            g.t,
+                            Mat {
+                                ptr: ds.as_ptr(),
+                                rs: g.t,
+                                cs: 1,
+                            },
+                            Mat {
+                                ptr: kvv[k0..].as_ptr(),
+                                rs: 2 * inner,
+                                cs: 1,
+                            },
+                            none,
+                        );
+                        // dK = dSᵀ q
+                        gemm_into(
+                            dkv_ptr.at(k0),
+                            2 * inner,
+                            false,
+                            g.t,
+                            g.d,
+                            g.s,
+                            Mat {
+                                ptr: ds.as_ptr(),
+                                rs: 1,
+                                cs: g.t,
+                            },
+                            Mat {
+                                ptr: qv[q0..].as_ptr(),
+                                rs: inner,
+                                cs: 1,
+                            },
+                            none,
+                        );
+                    }
+                });
+        }
+        let dev = q.device();
+        let dbias = if want_bias {
+            // Sum the heads' score gradients into the bias's shape, in a
+            // fixed order.
+            let mut db = vec![0f32; bias.elem_count()];
+            let slot_len = g.bias_s * g.t;
+            db.par_chunks_mut(slot_len)
+                .enumerate()
+                .for_each(|(slot, acc)| {
+                    let (sb, sh) = (slot / g.bias_h, slot % g.bias_h);
+                    for bi in 0..g.b {
+                        if g.bias_b > 1 && bi != sb {
+                            continue;
+                        }
+                        for hi in 0..g.h {
+                            if g.bias_h > 1 && hi != sh {
+                                continue;
+                            }
+                            let task = bi * g.h + hi;
+                            let ds = &dscores[task * st..(task + 1) * st];
+                            for (r, dr) in ds.chunks_exact(g.t).enumerate() {
+                                let a = &mut acc[g.bias_row(r)..][..g.t];
+                                for (a, &v) in a.iter_mut().zip(dr) {
+                                    *a += v;
+                                }
+                            }
+                        }
+                    }
+                });
+            Some(Tensor::from_vec(db, bias.shape(), dev)?)
+        } else {
+            None
+        };
+        Ok((
+            Some(Tensor::from_vec(dq, q.shape(), dev)?),
+            Some(Tensor::from_vec(dkv, kv.shape(), dev)?),
+            dbias,
+        ))
+    }
+}
+
+/// See [`AttentionOp`]. `None` where the fused path does not apply (not
+/// f32 on the CPU): the caller then takes candle's ops.
+pub fn attention(q: &Tensor, kv: &Tensor, bias: &Tensor, heads: usize) -> CResult<Option<Tensor>> {
+    if !fusable(&[q, kv, bias]) || attn_dims(q.dims(), kv.dims(), bias.dims(), heads).is_err() {
+        return Ok(None);
+    }
+    let op = AttentionOp {
+        heads,
+        probs: std::sync::Mutex::new(Vec::new()),
+    };
+    Ok(Some(q.contiguous()?.apply_op3(
+        &kv.contiguous()?,
+        &bias.contiguous()?,
+        op,
+    )?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1041,6 +1786,109 @@ mod tests {
             &a.matmul(&b).unwrap(),
             1e-5,
         );
+    }
+
+    /// softmax(q kᵀ + bias) v per head with candle's ops, from the packed
+    /// layout the fused op takes.
+    fn composed_attention(q: &Tensor, kv: &Tensor, bias: &Tensor, h: usize) -> Tensor {
+        let (b, s, inner) = q.dims3().unwrap();
+        let t = kv.dim(1).unwrap();
+        let d = inner / h;
+        let heads = |x: &Tensor, len: usize| {
+            x.reshape((b, len, h, d))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+        };
+        let qh = heads(q, s);
+        let kh = heads(&kv.narrow(2, 0, inner).unwrap(), t);
+        let vh = heads(&kv.narrow(2, inner, inner).unwrap(), t);
+        let scores = qh
+            .matmul(&kh.t().unwrap())
+            .unwrap()
+            .broadcast_add(bias)
+            .unwrap();
+        let w = candle_nn::ops::softmax(&scores, D::Minus1).unwrap();
+        w.matmul(&vh)
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .reshape((b, s, inner))
+            .unwrap()
+    }
+
+    #[test]
+    fn fused_linear_and_attention_match_composed_ops() {
+        let x = Var::from_tensor(&randn(&[3, 9, 24], 20)).unwrap();
+        // Weights of T5's initial scale: scores of order one, where the
+        // softmax is well conditioned.
+        let small = |seed| Var::from_tensor(&(randn(&[16, 24], seed) * 0.1).unwrap()).unwrap();
+        let (wq, wk, wv) = (small(21), small(22), small(23));
+        let composed_linear = |x: &Tensor, w: &Tensor| {
+            x.reshape((27, 24))
+                .unwrap()
+                .matmul(&w.t().unwrap())
+                .unwrap()
+                .reshape((3, 9, 16))
+                .unwrap()
+        };
+        let probe = randn(&[3, 9, 16], 24);
+        let ours = linear(&x, &wq).unwrap();
+        let theirs = composed_linear(&x, &wq);
+        close(&ours, &theirs, 1e-5);
+        let go = (ours * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gt = (theirs * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for t in [&x, &wq] {
+            close(go.get(t).unwrap(), gt.get(t).unwrap(), 1e-5);
+        }
+
+        let kv = kv_projection(&x, &wk, &wv).unwrap().unwrap();
+        let kv_c = Tensor::cat(&[composed_linear(&x, &wk), composed_linear(&x, &wv)], 2).unwrap();
+        close(&kv, &kv_c, 1e-5);
+
+        // Bias shapes: learned per head, per batch and head, a padding row.
+        for (bias_shape, seed) in [
+            (vec![1, 4, 9, 9], 30),
+            (vec![3, 4, 9, 9], 31),
+            (vec![3, 1, 1, 9], 32),
+        ] {
+            let bias = Var::from_tensor(&randn(&bias_shape, seed)).unwrap();
+            let q = linear(&x, &wq).unwrap();
+            let kv = kv_projection(&x, &wk, &wv).unwrap().unwrap();
+            let ours = attention(&q, &kv, &bias, 4).unwrap().unwrap();
+            let q_c = composed_linear(&x, &wq);
+            let kv_c =
+                Tensor::cat(&[composed_linear(&x, &wk), composed_linear(&x, &wv)], 2).unwrap();
+            let theirs = composed_attention(&q_c, &kv_c, &bias, 4);
+            close(&ours, &theirs, 1e-5);
+            let go = (ours * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let gt = (theirs * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            for t in [&x, &wq, &wk, &wv, &bias] {
+                close(go.get(t).unwrap(), gt.get(t).unwrap(), 1e-4);
+            }
+        }
     }
 
     #[test]

@@ -94,17 +94,10 @@ impl Linear {
 
 impl Module for Linear {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let dims = xs.dims();
-        let inner = dims[dims.len() - 1];
-        let rows = xs.elem_count() / inner;
-        let out = self.weight.dim(0)?;
-        // A no-op in f32; in bf16 the cast is part of the graph, so the
-        // gradient reaches the f32 weight.
-        let w = self.weight.to_dtype(xs.dtype())?;
-        let y = xs.reshape((rows, inner))?.matmul(&w.t()?)?;
-        let mut shape = dims.to_vec();
-        *shape.last_mut().expect("a tensor with at least one dim") = out;
-        y.reshape(shape)
+        // On the CPU in f32 one fused op; elsewhere a 2-D matmul, with the
+        // weight cast to the compute dtype inside the graph (a no-op in
+        // f32; in bf16 the gradient still reaches the f32 weight).
+        super::kernels::linear(xs, &self.weight)
     }
 }
 
@@ -210,6 +203,44 @@ impl Attention {
             k: self.split_heads(&self.k.forward(source)?)?,
             v: self.split_heads(&self.v.forward(source)?)?,
         })
+    }
+
+    /// Keys and values of `source` in one tensor, for
+    /// [`Self::forward_packed`]; `None` where the fused kernels do not apply.
+    pub fn project_kv_packed(&self, source: &Tensor) -> Result<Option<Tensor>> {
+        Ok(super::kernels::kv_projection(
+            source,
+            &self.k.weight,
+            &self.v.weight,
+        )?)
+    }
+
+    /// [`Self::forward`] without cache or dropout, through the fused CPU
+    /// kernels: `kv` from [`Self::project_kv_packed`] (self-attention when
+    /// `None`). `None` where the kernels do not apply; the caller then
+    /// takes [`Self::forward`].
+    pub fn forward_packed(
+        &self,
+        xs: &Tensor,
+        kv: Option<&Tensor>,
+        bias: &Tensor,
+    ) -> Result<Option<Tensor>> {
+        let own;
+        let kv = match kv {
+            Some(kv) => kv,
+            None => match self.project_kv_packed(xs)? {
+                Some(t) => {
+                    own = t;
+                    &own
+                }
+                None => return Ok(None),
+            },
+        };
+        let q = self.q.forward(xs)?;
+        let Some(out) = super::kernels::attention(&q, kv, bias, self.num_heads)? else {
+            return Ok(None);
+        };
+        Ok(Some(self.o.forward(&out)?))
     }
 
     /// Attention of `xs` over `kv` (self-attention when `kv` is `None`).

@@ -282,7 +282,11 @@ impl T5 {
             &self.cfg,
             x,
             &self_bias,
-            Some((&cache.cross_kv, &cache.cross_bias, &mut cache.self_kv)),
+            Some((
+                CrossKeys::Split(&cache.cross_kv),
+                &cache.cross_bias,
+                &mut cache.self_kv,
+            )),
             mode,
         )?;
         self.lm_logits(&h)
@@ -301,25 +305,42 @@ impl T5 {
         let (b, t) = decoder_ids.dims2()?;
         let x = self.embed(decoder_ids, mode)?;
         let self_bias = self.decoder_self_bias(b, 0, t, decoder_mask)?;
-        let cross_kv: Vec<KvCache> = self
-            .decoder
-            .blocks
-            .iter()
-            .map(|blk| {
-                let (attn, _) = blk
-                    .cross
-                    .as_ref()
-                    .expect("decoder blocks have cross-attention");
-                attn.project_kv(&enc)
-            })
-            .collect::<Result<_>>()?;
+        fn cross_attn(blk: &Block) -> &Attention {
+            &blk.cross
+                .as_ref()
+                .expect("decoder blocks have cross-attention")
+                .0
+        }
+        // The fused kernels take keys and values packed in one tensor.
+        let packed: Option<Vec<Tensor>> = if fused_attention(&self.cfg, mode) {
+            self.decoder
+                .blocks
+                .iter()
+                .map(|blk| cross_attn(blk).project_kv_packed(&enc))
+                .collect::<Result<_>>()?
+        } else {
+            None
+        };
+        let split: Vec<KvCache> = match packed {
+            Some(_) => Vec::new(),
+            None => self
+                .decoder
+                .blocks
+                .iter()
+                .map(|blk| cross_attn(blk).project_kv(&enc))
+                .collect::<Result<_>>()?,
+        };
+        let keys = match &packed {
+            Some(p) => CrossKeys::Packed(p),
+            None => CrossKeys::Split(&split),
+        };
         let cross_bias = self.padding_bias(attention_mask, 1)?;
         let mut no_cache = vec![None; 0];
         let h = self.decoder.run(
             &self.cfg,
             x,
             &self_bias,
-            Some((&cross_kv, &cross_bias, &mut no_cache)),
+            Some((keys, &cross_bias, &mut no_cache)),
             mode,
         )?;
         self.lm_logits(&h)
@@ -434,23 +455,42 @@ impl Stack {
         cfg: &T5Config,
         mut x: Tensor,
         self_bias: &Tensor,
-        mut cross: Option<(&Vec<KvCache>, &Tensor, &mut Vec<Option<KvCache>>)>,
+        mut cross: Option<(CrossKeys, &Tensor, &mut Vec<Option<KvCache>>)>,
         mode: &mut ForwardMode,
     ) -> Result<Tensor> {
         let p = cfg.dropout_rate;
+        let caching = matches!(&cross, Some((_, _, caches)) if !caches.is_empty());
+        let fused = !caching && fused_attention(cfg, mode);
         for (i, block) in self.blocks.iter().enumerate() {
             let h = block.self_norm.forward(&x)?;
-            let cache = match cross.as_mut() {
-                Some((_, _, caches)) if !caches.is_empty() => Some(&mut caches[i]),
-                _ => None,
+            let packed = if fused {
+                block.self_attn.forward_packed(&h, None, self_bias)?
+            } else {
+                None
             };
-            let h = block
-                .self_attn
-                .forward(&h, None, self_bias, cache, p, mode)?;
+            let h = match packed {
+                Some(h) => h,
+                None => {
+                    let cache = match cross.as_mut() {
+                        Some((_, _, caches)) if !caches.is_empty() => Some(&mut caches[i]),
+                        _ => None,
+                    };
+                    block
+                        .self_attn
+                        .forward(&h, None, self_bias, cache, p, mode)?
+                }
+            };
             x = (x + mode.dropout(&h, p)?)?;
-            if let (Some((attn, norm)), Some((kvs, bias, _))) = (&block.cross, cross.as_ref()) {
+            if let (Some((attn, norm)), Some((keys, bias, _))) = (&block.cross, cross.as_ref()) {
                 let h = norm.forward(&x)?;
-                let h = attn.forward(&h, Some(&kvs[i]), bias, None, p, mode)?;
+                let h = match keys {
+                    CrossKeys::Packed(kvs) => attn
+                        .forward_packed(&h, Some(&kvs[i]), bias)?
+                        .ok_or_else(|| Error::Other("packed keys off the fused path".into()))?,
+                    CrossKeys::Split(kvs) => {
+                        attn.forward(&h, Some(&kvs[i]), bias, None, p, mode)?
+                    }
+                };
                 x = (x + mode.dropout(&h, p)?)?;
             }
             let h = block.ff_norm.forward(&x)?;
@@ -460,6 +500,19 @@ impl Stack {
         let x = self.final_norm.forward(&x)?;
         mode.dropout(&x, p)
     }
+}
+
+/// The cross-attention keys and values of every decoder block: split into
+/// heads (generation, dropout) or packed for the fused kernels.
+enum CrossKeys<'a> {
+    Split(&'a [KvCache]),
+    Packed(&'a [Tensor]),
+}
+
+/// Whether attention takes the fused CPU kernels: they have no dropout
+/// and work in f32 (each kernel also checks its tensors).
+fn fused_attention(cfg: &T5Config, mode: &ForwardMode) -> bool {
+    (cfg.dropout_rate == 0.0 || !mode.is_train()) && mode.compute() == DType::F32
 }
 
 fn build_stack(cfg: &T5Config, p: &mut ParamBuilder, is_decoder: bool) -> Result<Stack> {
