@@ -101,7 +101,15 @@ impl<S: EventSink> EventLog<S> {
         line.push(b'\n');
 
         let before = self.sink.size().ok();
-        let written = self.sink.write_all(&line).and_then(|()| self.sink.flush());
+        let written = match super::fault::disk_full() {
+            // A full disk takes part of a write before it fails.
+            Some(e) => self
+                .sink
+                .write_all(&line[..line.len() / 2])
+                .and_then(|()| self.sink.flush())
+                .and(Err(e)),
+            None => self.sink.write_all(&line).and_then(|()| self.sink.flush()),
+        };
         if let Err(e) = written {
             let rolled_back = before.is_some_and(|len| self.sink.truncate(len).is_ok());
             if !rolled_back {

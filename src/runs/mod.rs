@@ -22,6 +22,7 @@
 //! whole listing.
 
 mod checkpoint;
+pub mod fault;
 mod lock;
 mod log;
 mod summary;
