@@ -642,7 +642,8 @@ impl Worker {
             if every(self.exp.eval.samples_every_steps) {
                 self.samples(out)?;
             }
-            if every(self.exp.checkpoint.every_steps) && self.step < total {
+            // Never a checkpoint of a step the divergence guard skipped.
+            if every(self.exp.checkpoint.every_steps) && self.step < total && self.bad_steps == 0 {
                 self.checkpoint(out)?;
             }
         };
