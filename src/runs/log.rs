@@ -210,7 +210,7 @@ pub fn read_events(path: &Path) -> Result<EventsRead> {
     Ok(parse_events(&bytes))
 }
 
-fn parse_events(bytes: &[u8]) -> EventsRead {
+pub fn parse_events(bytes: &[u8]) -> EventsRead {
     let mut out = EventsRead::default();
     let ends_with_newline = bytes.last().is_none_or(|&b| b == b'\n');
     let mut lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
