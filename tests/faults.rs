@@ -364,7 +364,6 @@ fn a_second_resume_of_a_training_run_is_refused_by_its_lock() {
     let run = store.open(&id).unwrap();
     let mut training = t5_tui_with(dir.path(), &["resume", &id, "--steps", "1000000"], &[]);
     assert_eq!(first_line(&mut training), id);
-    let before = read_events(&run.events_path()).unwrap().events.len();
     wait_for_steps(&run.events_path(), 6);
     let second = t5_tui_with(dir.path(), &["resume", &id], &[]);
     let pid = training.id();
@@ -379,11 +378,12 @@ fn a_second_resume_of_a_training_run_is_refused_by_its_lock() {
     );
     // The first goes on training, alone in the log.
     let read = read_events(&run.events_path()).unwrap();
-    let starts = read.events[before..]
+    let resumes = read
+        .events
         .iter()
-        .filter(|e| matches!(e, TrainEvent::Started { .. }))
+        .filter(|e| matches!(e, TrainEvent::Started { resumed: true, .. }))
         .count();
-    assert_eq!(starts, 1);
+    assert_eq!(resumes, 1);
     assert!(training.try_wait().unwrap().is_none());
     let ok = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
