@@ -773,6 +773,7 @@ impl Experiment {
     pub fn validate(&self) -> std::result::Result<(), FieldError> {
         self.model
             .validate()
+            .and_then(|()| check_model_limits(&self.model))
             .map_err(|m| model_field_error(&self.model, &m))?;
         validate_sections(
             &self.tokenizer,
@@ -1365,11 +1366,49 @@ fn resolve_model(
             config_error(&source.path, format!("[model]: {}", friendly(e.message())))
         })?;
     cfg.num_decoder_layers = Some(cfg.decoder_layers());
-    if let Err(message) = cfg.validate() {
+    if let Err(message) = cfg.validate().and_then(|()| check_model_limits(&cfg)) {
         let fe = model_field_error(&cfg, &message);
         return Err(err_at(&merged, &fe.key, &fe.value, &fe.message));
     }
     Ok(cfg)
+}
+
+/// Upper bounds on the model's sizes, far above any model this program
+/// can train, under which its parameter count (a product of them) cannot
+/// overflow; found by fuzzing, where `vocab_size = 1e17` passed and
+/// `config check` then overflowed counting parameters.
+const MODEL_LIMITS: [(&str, usize); 9] = [
+    ("vocab_size", 1 << 24),
+    ("d_model", 1 << 20),
+    ("d_kv", 1 << 16),
+    ("d_ff", 1 << 20),
+    ("num_heads", 1 << 10),
+    ("num_layers", 1 << 12),
+    ("num_decoder_layers", 1 << 12),
+    ("relative_attention_num_buckets", 1 << 16),
+    ("relative_attention_max_distance", 1 << 24),
+];
+
+/// Each size within [`MODEL_LIMITS`], as a message in the shape
+/// [`model_field_error`] reads.
+fn check_model_limits(cfg: &T5Config) -> std::result::Result<(), String> {
+    let values = [
+        cfg.vocab_size,
+        cfg.d_model,
+        cfg.d_kv,
+        cfg.d_ff,
+        cfg.num_heads,
+        cfg.num_layers,
+        cfg.decoder_layers(),
+        cfg.relative_attention_num_buckets,
+        cfg.relative_attention_max_distance,
+    ];
+    for ((key, max), value) in MODEL_LIMITS.iter().zip(values) {
+        if value > *max {
+            return Err(format!("`{key}` is {value}: it must be at most {max}"));
+        }
+    }
+    Ok(())
 }
 
 /// Reads `` `field` is VALUE: what is valid `` (the shape of

@@ -374,16 +374,24 @@ fn a_diverging_run_skips_bad_steps_and_pauses_with_finite_weights() {
         .filter(|e| matches!(e, TrainEvent::Warning { message, .. } if message.contains("skipped")))
         .count();
     assert_eq!(warnings, 2, "{events:?}");
+    // A checkpoint asked for is written (the weights as they are); the
+    // stop then writes none over it, the weights being diverged.
+    h.send(Control::CheckpointNow);
     h.send(Control::Stop);
     let rest = drain(&h);
     h.join();
-    let ck = rest
+    let checkpoints: Vec<_> = rest
         .iter()
-        .find_map(|e| match e {
+        .filter_map(|e| match e {
             TrainEvent::Checkpoint { path, .. } => Some(path.clone()),
             _ => None,
         })
-        .expect("a checkpoint on stop");
+        .collect();
+    assert_eq!(checkpoints.len(), 1, "{rest:?}");
+    assert!(rest.iter().any(
+        |e| matches!(e, TrainEvent::Warning { message, .. } if message.contains("no checkpoint written"))
+    ));
+    let ck = checkpoints[0].clone();
     let tensors =
         candle_core::safetensors::load(ck.join("model.safetensors"), &candle_core::Device::Cpu)
             .unwrap();

@@ -2,8 +2,10 @@
 //! temporary run store; the test starts the demo experiment (made small)
 //! from the UI, raises the learning rate with `+`, and reads the screen
 //! with `capture-pane`: steps advance, the change shows, and
-//! `events.jsonl` records it. CI installs tmux; elsewhere the test says
-//! it was skipped when tmux is missing.
+//! `events.jsonl` records it. Also a closed terminal, and a panic inside
+//! the UI (`T5_TUI_DEBUG_PANIC`): the terminal is restored and the run
+//! stops with a checkpoint. CI installs tmux; elsewhere the test says it
+//! was skipped when tmux is missing.
 
 mod common;
 
@@ -22,10 +24,17 @@ impl Tmux {
 
     /// `t5-tui ARGS` in a new 100x30 session named after the test.
     fn start_with(home: &Path, cwd: &Path, args: &str, name: &str) -> Tmux {
+        Tmux::start_env(home, cwd, "", args, name)
+    }
+
+    /// `env VARS t5-tui ARGS`; afterwards the shell prints the exit code
+    /// and echoes one line typed at it (`got …`), which only works once
+    /// the terminal is back in its normal mode.
+    fn start_env(home: &Path, cwd: &Path, vars: &str, args: &str, name: &str) -> Tmux {
         let session = format!("t5tui-test-{}-{name}", std::process::id());
         let bin = env!("CARGO_BIN_EXE_t5-tui");
         let cmd = format!(
-            "cd '{}' && env T5_TUI_HOME='{}' '{}' {args} 2>>stderr.log; echo t5-tui exited $?; sleep 30",
+            "cd '{}' && env T5_TUI_HOME='{}' {vars} '{}' {args} 2>>stderr.log; echo t5-tui exited $?; read line; echo got $line; sleep 30",
             cwd.display(),
             home.display(),
             bin
@@ -263,4 +272,50 @@ fn closing_the_terminal_stops_the_run_with_a_checkpoint_and_ends_the_process() {
         );
         std::thread::sleep(Duration::from_millis(250));
     }
+}
+
+#[test]
+fn a_panic_in_the_ui_restores_the_terminal_and_stops_the_run_with_a_checkpoint() {
+    if !tmux_or_skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    common::write_tiny_experiment(
+        dir.path(),
+        "panic",
+        1_000_000,
+        "[checkpoint]\nevery_steps = 0",
+    );
+    // Debug builds panic inside the UI loop after this many frames
+    // (100 ms each at most), with the run training by then.
+    let t = Tmux::start_env(
+        &home,
+        dir.path(),
+        "T5_TUI_DEBUG_PANIC=40",
+        "train exp.toml",
+        "panic",
+    );
+    t.wait_for("steps on the dashboard", 120, |s| s.contains("[training]"));
+    let s = t.wait_for("the process to exit", 120, |s| s.contains("t5-tui exited"));
+    assert!(s.contains("t5-tui exited 2"), "{s}");
+    // Out of the alternate screen, and the line discipline is back: a
+    // typed line reaches the shell and echoes.
+    let alt = Command::new("tmux")
+        .args(["display-message", "-p", "-t", &t.session, "#{alternate_on}"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&alt.stdout).trim(), "0");
+    t.text("hello");
+    t.keys(&["Enter"]);
+    t.wait_for("the shell to read a line", 20, |s| s.contains("got hello"));
+    let stderr = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
+    assert!(stderr.contains("the terminal UI crashed"), "{stderr}");
+    // The run was stopped the clean way: a checkpoint, then finished.
+    let store = t5_tui::runs::RunStore::at(&home);
+    let list = store.list().unwrap();
+    assert_eq!(list.len(), 1);
+    let run = store.open(&list[0].id).unwrap();
+    assert_eq!(run.status(), t5_tui::runs::RunStatus::Stopped, "{stderr}");
+    assert!(run.latest_checkpoint().is_some());
 }

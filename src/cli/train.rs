@@ -2,6 +2,10 @@
 //! events printed as they come. Ctrl-C (and SIGTERM) sends the stop
 //! control: the worker finishes its step, checkpoints and reports
 //! finished; a second Ctrl-C quits at once.
+//!
+//! Exit codes: 0 when the run completed or was stopped, 1 for an error or
+//! a failed run, 3 when the run paused on its own (a write failed, as on a
+//! full disk; the loss diverged): with no UI to resume it, it is stopped.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -37,6 +41,10 @@ pub struct ResumeArgs {
     /// Train to this step instead of the configured number.
     #[arg(long, value_name = "N")]
     pub steps: Option<usize>,
+    /// The learning rate from the last checkpoint on: after a divergence,
+    /// rolls back to the last checkpoint and continues at this rate.
+    #[arg(long, value_name = "LR")]
+    pub lr: Option<f64>,
     #[command(flatten)]
     pub overrides: Overrides,
 }
@@ -61,8 +69,12 @@ pub fn train(
 }
 
 pub fn resume(args: ResumeArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
-    let started =
-        store().and_then(|s| crate::train::resume(&s, &args.run, &args.overrides.set, args.steps));
+    let opts = crate::train::ResumeOptions {
+        set: args.overrides.set,
+        steps: args.steps,
+        lr: args.lr,
+    };
+    let started = store().and_then(|s| crate::train::resume_with(&s, &args.run, &opts));
     follow(started, out, err)
 }
 
@@ -97,6 +109,10 @@ pub(crate) fn follow_handle(
     let mut progress: Option<Progress> = at.map(|(step, total)| Progress::new(total, step, tty));
     let mut total = at.map_or(0, |a| a.1);
     let mut failed: Option<String> = None;
+    // Whether the worker got as far as training (else its failure is the
+    // setup's: a bad file, named in the error).
+    let mut started = at.is_some();
+    let mut paused: Option<String> = None;
     loop {
         match handle.recv_timeout(Duration::from_millis(250)) {
             Ok(event) => {
@@ -105,9 +121,16 @@ pub(crate) fn follow_handle(
                         step, total_steps, ..
                     } => {
                         total = *total_steps;
+                        started = true;
                         progress = Some(Progress::new(total, *step, tty));
                     }
                     TrainEvent::Failed { error, .. } => failed = Some(error.clone()),
+                    // Nothing here can resume a paused run (no keys, no
+                    // UI): stop it, and say why in the exit code.
+                    TrainEvent::Paused { step, reason, .. } if paused.is_none() => {
+                        paused = Some(format!("the run paused at step {step} ({reason})"));
+                        handle.send(crate::train::Control::Stop);
+                    }
                     _ => {}
                 }
                 let p = progress.get_or_insert_with(|| Progress::new(total, 0, tty));
@@ -134,12 +157,26 @@ pub(crate) fn follow_handle(
     if let Some(p) = progress.as_mut() {
         p.finish(out);
     }
+    let id = handle.run_id.clone();
     handle.join();
-    match failed {
-        Some(e) => {
+    match (failed, paused) {
+        (Some(e), _) if !started => {
+            report(err, &Error::Other(e));
+            1
+        }
+        (Some(e), _) => {
             report(err, &Error::Other(format!("the run failed: {e}")));
             1
         }
-        None => 0,
+        (None, Some(p)) => {
+            report(
+                err,
+                &Error::Other(format!(
+                    "{p}; the run was stopped, and `t5-tui resume {id}` continues it"
+                )),
+            );
+            3
+        }
+        (None, None) => 0,
     }
 }

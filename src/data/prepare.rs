@@ -41,6 +41,7 @@ impl PrepareReport {
                 "skipped: line too long".into(),
                 self.read.too_long_lines.to_string(),
             ),
+            ("skipped: NUL bytes".into(), self.read.nul_lines.to_string()),
         ];
         rows.extend(
             self.clean
@@ -83,7 +84,16 @@ pub fn prepare(
     clean: &CleanOptions,
     dir: &Path,
 ) -> Result<PrepareReport> {
+    // A folder made here and left empty by a failure is removed again, so
+    // that a bad corpus leaves nothing behind in the store's data cache.
+    let made_dir = !dir.exists();
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let undo_dir = || {
+        if made_dir {
+            // Only succeeds when empty: nothing of anyone else's goes.
+            let _ = std::fs::remove_dir(dir);
+        }
+    };
     let (out_path, report_path) = prepared_paths(dir);
     let tmp = crate::fsutil::temp_path(&out_path);
     let start = Instant::now();
@@ -112,6 +122,7 @@ pub fn prepare(
         Ok(b) => b,
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
+            undo_dir();
             return Err(e);
         }
     };
@@ -123,9 +134,12 @@ pub fn prepare(
     };
     if report.clean.records_out == 0 {
         let _ = std::fs::remove_file(&tmp);
+        undo_dir();
         return Err(Error::Invalid(format!(
-            "the corpus is empty after cleaning ({} records read, {} kept): nothing to train on",
-            report.clean.records_in, report.clean.records_out
+            "the corpus is empty after cleaning ({} records read, {} kept{}): nothing to train on",
+            report.clean.records_in,
+            report.clean.records_out,
+            report.read.skipped_note()
         )));
     }
     std::fs::rename(&tmp, &out_path).map_err(|e| Error::io(&out_path, e))?;

@@ -113,8 +113,27 @@ pub struct ReadStats {
     pub records: u64,
     pub bad_utf8_lines: u64,
     pub too_long_lines: u64,
+    /// Lines with a NUL byte: a binary file, or text in UTF-16.
+    #[serde(default)]
+    pub nul_lines: u64,
     /// The first skipped line, as `file:line: problem`, to show the user.
     pub first_bad: Option<String>,
+}
+
+impl ReadStats {
+    /// Lines left out while reading, in words: `""`, or `"; 3 lines skipped
+    /// (first: corpus.txt:7: not valid UTF-8 …)"`.
+    pub fn skipped_note(&self) -> String {
+        let skipped = self.bad_utf8_lines + self.too_long_lines + self.nul_lines;
+        if skipped == 0 {
+            return String::new();
+        }
+        let noun = if skipped == 1 { "line" } else { "lines" };
+        match &self.first_bad {
+            Some(first) => format!("; {skipped} {noun} skipped (first: {first})"),
+            None => format!("; {skipped} {noun} skipped"),
+        }
+    }
 }
 
 /// Options for reading.
@@ -228,12 +247,11 @@ impl SourceReader {
     }
 
     fn bad_line(&mut self, path: &Path, line: u64, problem: &str) -> Result<()> {
-        let place = format!("{}:{line}: {problem}", path.display());
         match self.opts.on_bad_line {
-            OnBadLine::Fail => Err(Error::Invalid(place)),
+            OnBadLine::Fail => Err(Error::data(path, Some(line), problem)),
             OnBadLine::Skip => {
                 if self.stats.first_bad.is_none() {
-                    self.stats.first_bad = Some(place);
+                    self.stats.first_bad = Some(format!("{}:{line}: {problem}", path.display()));
                 }
                 Ok(())
             }
@@ -285,7 +303,10 @@ impl SourceReader {
                 }
                 self.stats.too_long_lines += 1;
                 let max = self.opts.max_line_bytes;
-                self.bad_line(&path, line, &format!("line longer than {max} bytes"))?;
+                let msg = format!(
+                    "line longer than {max} bytes: a record is one line, shorter than that"
+                );
+                self.bad_line(&path, line, &msg)?;
                 continue;
             }
             let text = match std::str::from_utf8(&self.buf) {
@@ -300,6 +321,17 @@ impl SourceReader {
                     continue;
                 }
             };
+            // UTF-8 allows NUL, but no text has one: it is a binary file,
+            // or UTF-16 text read as UTF-8.
+            if let Some(at) = text.find('\0') {
+                self.stats.nul_lines += 1;
+                let msg = format!(
+                    "a NUL byte (at byte {} of the line): this is a binary file or UTF-16 text; save it as UTF-8 text",
+                    at + 1
+                );
+                self.bad_line(&path, line, &msg)?;
+                continue;
+            }
             let cur = self.current.as_mut().expect("a file is open");
             let record = match &cur.format {
                 Format::Text {
@@ -331,10 +363,11 @@ impl SourceReader {
                         continue;
                     }
                     let Some((input, target)) = text.split_once('\t') else {
-                        return Err(Error::Invalid(format!(
-                            "{}:{line}: no tab: a TSV line must be `input<TAB>target`",
-                            path.display()
-                        )));
+                        return Err(Error::data(
+                            &path,
+                            Some(line),
+                            "no tab: a TSV line must be `input<TAB>target`",
+                        ));
                     };
                     Record::pair(input, target)
                 }
@@ -352,7 +385,7 @@ impl SourceReader {
                         input_field.as_deref(),
                         target_field.as_deref(),
                     )
-                    .map_err(|m| Error::Invalid(format!("{}:{line}: {m}", path.display())))?
+                    .map_err(|m| Error::data(&path, Some(line), m))?
                 }
             };
             self.stats.records += 1;
@@ -488,7 +521,7 @@ mod tests {
         let mut bytes = b"fine\n".to_vec();
         bytes.extend_from_slice(b"bad \xff\xfe here\n");
         bytes.extend_from_slice(&vec![b'x'; 5000]);
-        bytes.extend_from_slice(b"\nlast\n");
+        bytes.extend_from_slice(b"\nnul\0byte\nlast\n");
         std::fs::write(&p, &bytes).unwrap();
         let fmt = Format::Text {
             documents: Documents::Line,
@@ -501,6 +534,7 @@ mod tests {
         assert_eq!(recs, vec![Record::text("fine"), Record::text("last")]);
         assert_eq!(stats.bad_utf8_lines, 1);
         assert_eq!(stats.too_long_lines, 1);
+        assert_eq!(stats.nul_lines, 1);
         assert!(stats
             .first_bad
             .unwrap()

@@ -77,6 +77,59 @@ impl Run {
         Ok(out)
     }
 
+    /// `e`, met reading checkpoint `step`, as one sentence that names the
+    /// file and says what to do: delete the damaged folder to go back to
+    /// the checkpoint before it (resume then starts there).
+    pub fn damaged_checkpoint(&self, step: u64, e: Error) -> Error {
+        let earlier = self
+            .checkpoints()
+            .unwrap_or_default()
+            .into_iter()
+            .rev()
+            .find(|(s, _)| *s < step);
+        let dir = self.checkpoints_dir().join(format!("step-{step}"));
+        let hint = match earlier {
+            Some((prev, _)) => format!(
+                "checkpoint step-{step} is damaged: delete {} to go back to the checkpoint of step {prev}",
+                dir.display()
+            ),
+            None => format!(
+                "checkpoint step-{step} is damaged and the run has no earlier one: delete {} to train the run again from step 0",
+                dir.display()
+            ),
+        };
+        match e {
+            // The weights are whole but the config was edited (the model
+            // loader says so in these words; it lives in `model`, which
+            // has no typed variant for it).
+            Error::Checkpoint { path, message } if message.contains("another model shape") => {
+                Error::Checkpoint {
+                    path,
+                    message: format!(
+                        "{message}; the [model] section of {} no longer matches the checkpoints: put back the shape the run was trained with",
+                        self.config_path().display()
+                    ),
+                }
+            }
+            Error::Checkpoint { path, message } => Error::Checkpoint {
+                path,
+                message: format!("{message}; {hint}"),
+            },
+            Error::Io { path, source } => {
+                let what = if source.kind() == std::io::ErrorKind::NotFound {
+                    "missing (a checkpoint holds model.safetensors, optimizer.safetensors and state.json)".to_string()
+                } else {
+                    source.to_string()
+                };
+                Error::Checkpoint {
+                    path,
+                    message: format!("{what}; {hint}"),
+                }
+            }
+            other => other,
+        }
+    }
+
     /// The newest complete checkpoint, if any.
     pub fn latest_checkpoint(&self) -> Option<(u64, PathBuf)> {
         self.checkpoints().ok()?.pop()
@@ -151,6 +204,9 @@ fn parse_step_dir(name: &str) -> Option<u64> {
 fn seal(tmp: &Path, step: u64) -> Result<()> {
     sync_tree(tmp)?;
     let marker = tmp.join(COMPLETE_MARKER);
+    if let Some(e) = super::fault::disk_full() {
+        return Err(Error::io(&marker, e));
+    }
     let text = format!(
         "{{\"step\":{step},\"time\":{}}}\n",
         crate::train::events::now()

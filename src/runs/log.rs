@@ -101,7 +101,15 @@ impl<S: EventSink> EventLog<S> {
         line.push(b'\n');
 
         let before = self.sink.size().ok();
-        let written = self.sink.write_all(&line).and_then(|()| self.sink.flush());
+        let written = match super::fault::disk_full() {
+            // A full disk takes part of a write before it fails.
+            Some(e) => self
+                .sink
+                .write_all(&line[..line.len() / 2])
+                .and_then(|()| self.sink.flush())
+                .and(Err(e)),
+            None => self.sink.write_all(&line).and_then(|()| self.sink.flush()),
+        };
         if let Err(e) = written {
             let rolled_back = before.is_some_and(|len| self.sink.truncate(len).is_ok());
             if !rolled_back {
@@ -202,7 +210,7 @@ pub fn read_events(path: &Path) -> Result<EventsRead> {
     Ok(parse_events(&bytes))
 }
 
-fn parse_events(bytes: &[u8]) -> EventsRead {
+pub fn parse_events(bytes: &[u8]) -> EventsRead {
     let mut out = EventsRead::default();
     let ends_with_newline = bytes.last().is_none_or(|&b| b == b'\n');
     let mut lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();

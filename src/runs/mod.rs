@@ -22,6 +22,7 @@
 //! whole listing.
 
 mod checkpoint;
+pub mod fault;
 mod lock;
 mod log;
 mod summary;
@@ -33,7 +34,7 @@ use crate::fsutil::write_atomic;
 
 pub use checkpoint::COMPLETE_MARKER;
 pub use lock::RunLock;
-pub use log::{parse_event_line, read_events, EventLog, EventSink, EventsRead};
+pub use log::{parse_event_line, parse_events, read_events, EventLog, EventSink, EventsRead};
 pub use summary::{RunStatus, RunSummary};
 
 /// The environment variable that moves the store's root (tests, scripts).

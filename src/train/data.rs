@@ -44,8 +44,10 @@ pub fn ensure_prepared(
     note(format!("preparing the corpus into {}", dir.display()));
     let report = prepare_experiment_data(exp, &dir)?;
     note(format!(
-        "prepared {} records ({} read)",
-        report.clean.records_out, report.clean.records_in
+        "prepared {} records ({} read{})",
+        report.clean.records_out,
+        report.clean.records_in,
+        report.read.skipped_note()
     ));
     Ok(records)
 }

@@ -79,7 +79,8 @@ impl TrainedModel {
                 run.id()
             ))
         })?;
-        let model = T5::load_safetensors(&exp.model, &dir.join("model.safetensors"), device)?;
+        let model = T5::load_safetensors(&exp.model, &dir.join("model.safetensors"), device)
+            .map_err(|e| run.damaged_checkpoint(step, e))?;
         Ok(Self {
             model,
             tokenizer,

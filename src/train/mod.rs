@@ -13,4 +13,4 @@ pub mod worker;
 
 pub use events::{Control, FinishReason, LrSource, TrainEvent};
 pub use export::TrainedModel;
-pub use worker::{resume, start, TrainHandle};
+pub use worker::{resume, resume_with, start, ResumeOptions, TrainHandle};

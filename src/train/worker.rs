@@ -134,34 +134,76 @@ impl TrainHandle {
 pub fn start(store: &RunStore, exp: Experiment, config_toml: &str) -> Result<TrainHandle> {
     let run = store.create(&exp.name, config_toml)?;
     let lock = run.lock()?;
-    spawn(store.clone(), run, lock, exp, false)
+    spawn(store.clone(), run, lock, exp, None)
+}
+
+/// How a run is resumed.
+#[derive(Debug, Clone, Default)]
+pub struct ResumeOptions {
+    /// Config overrides (`section.key=value`).
+    pub set: Vec<String>,
+    /// Train to this step instead of the configured number.
+    pub steps: Option<usize>,
+    /// The learning rate from the checkpoint's step on (the schedule is
+    /// scaled to reach it there): how a diverged run is rolled back to its
+    /// last checkpoint and continued more gently.
+    pub lr: Option<f64>,
 }
 
 /// Continues a stopped or crashed run from its last checkpoint (or from the
-/// start, if it never wrote one). `extra_steps` moves the end further.
+/// start, if it never wrote one). `steps` moves the end further.
 pub fn resume(
     store: &RunStore,
     run_id: &str,
     set: &[String],
     steps: Option<usize>,
 ) -> Result<TrainHandle> {
+    resume_with(
+        store,
+        run_id,
+        &ResumeOptions {
+            set: set.to_vec(),
+            steps,
+            lr: None,
+        },
+    )
+}
+
+/// [`resume`] with every option.
+pub fn resume_with(store: &RunStore, run_id: &str, opts: &ResumeOptions) -> Result<TrainHandle> {
+    if let Some(lr) = opts.lr {
+        if !(lr.is_finite() && lr > 0.0) {
+            return Err(Error::Invalid(format!(
+                "--lr {lr}: a learning rate is a number above 0, e.g. 1e-4"
+            )));
+        }
+    }
     let run = super::export::find_run(store, run_id)?;
     let lock = run.lock()?;
     let text = run.read_config()?;
-    let mut exp = crate::config::Experiment::from_toml_str(&text, &run.config_path(), set)?;
-    if let Some(s) = steps {
+    let stored = crate::config::Experiment::from_toml_str::<&str>(&text, &run.config_path(), &[])?;
+    let mut exp = crate::config::Experiment::from_toml_str(&text, &run.config_path(), &opts.set)?;
+    if let Some(s) = opts.steps {
         exp.train.steps = s;
     }
-    spawn(store.clone(), run, lock, exp, true)
+    // The checkpoint's schedule replaces the config's on resume, so a
+    // `--set train.learning_rate=…` would do nothing: it means --lr.
+    let lr = opts.lr.or_else(|| {
+        (exp.train.learning_rate != stored.train.learning_rate).then_some(exp.train.learning_rate)
+    });
+    spawn(store.clone(), run, lock, exp, Some(lr))
 }
 
+/// `resume` is `Some(new learning rate, if any)` when the run is resumed.
 fn spawn(
     store: RunStore,
     run: Run,
     lock: RunLock,
     exp: Experiment,
-    resumed: bool,
+    resume: Option<Option<f64>>,
 ) -> Result<TrainHandle> {
+    let resumed = resume.is_some();
+    let new_lr = resume.flatten();
     let (ev_tx, ev_rx) = mpsc::channel();
     let (ctl_tx, ctl_rx) = mpsc::channel();
     let run_id = run.id().to_string();
@@ -185,10 +227,14 @@ fn spawn(
                 log,
                 tx: ev_tx,
                 write_error: None,
+                // A resume that cannot start (a damaged checkpoint, an
+                // edited config) leaves the run's log as it was.
+                held: resumed.then(Vec::new),
             };
             let mut step = 0;
-            let result =
-                Worker::setup(&store, &run, exp, resumed, &mut out, ctl_rx).and_then(|mut w| {
+            let result = Worker::setup(&store, &run, exp, resumed, new_lr, &mut out, ctl_rx)
+                .and_then(|mut w| {
+                    out.release();
                     let r = w.run(&mut out);
                     step = w.step;
                     r
@@ -218,18 +264,37 @@ struct Outbox {
     /// A write of the run's data that failed (the log, a checkpoint), in
     /// words: the worker pauses on it rather than train on unrecorded.
     write_error: Option<String>,
+    /// Events held back from the log until a resume's setup succeeds.
+    held: Option<Vec<TrainEvent>>,
 }
 
 impl Outbox {
     fn emit(&mut self, event: TrainEvent) {
-        if let Err(e) = self.log.append(&event) {
+        if let Some(held) = self.held.as_mut() {
+            held.push(event.clone());
+            let _ = self.tx.send(event);
+            return;
+        }
+        self.append(&event);
+        let _ = self.tx.send(event);
+    }
+
+    /// Writes the held events to the log; from now on events go straight
+    /// to it.
+    fn release(&mut self) {
+        for event in self.held.take().unwrap_or_default() {
+            self.append(&event);
+        }
+    }
+
+    fn append(&mut self, event: &TrainEvent) {
+        if let Err(e) = self.log.append(event) {
             // The log is the run's history: a failed write is reported once
             // and makes the worker pause (see `Worker::run`).
             if self.write_error.is_none() {
                 self.write_error = Some(format!("could not write the event log: {e}"));
             }
         }
-        let _ = self.tx.send(event);
     }
 }
 
@@ -267,6 +332,9 @@ struct Worker {
     tokens_seen: u64,
     elapsed: f64,
     bad_steps: u32,
+    /// Paused by the divergence guard: the weights are finite but not to
+    /// be trusted, so stopping writes no checkpoint over the last good one.
+    diverged: bool,
     loss_scale: LossScale,
     padding: Padding,
 }
@@ -277,6 +345,7 @@ impl Worker {
         run: &Run,
         mut exp: Experiment,
         resumed: bool,
+        new_lr: Option<f64>,
         out: &mut Outbox,
         controls: Receiver<Control>,
     ) -> Result<Self> {
@@ -329,19 +398,30 @@ impl Worker {
         } else {
             None
         };
+        // Whatever is wrong with the checkpoint, the message says which
+        // file and how to go back to the one before.
+        let damaged = |e: Error| match &checkpoint {
+            Some((step, _)) => run.damaged_checkpoint(*step, e),
+            None => e,
+        };
         let state: Option<TrainState> = match &checkpoint {
             Some((_, dir)) => {
                 let path = dir.join("state.json");
-                let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+                let text =
+                    std::fs::read_to_string(&path).map_err(|e| damaged(Error::io(&path, e)))?;
                 Some(serde_json::from_str(&text).map_err(|e| {
-                    Error::checkpoint(&path, format!("not a valid training state ({e})"))
+                    damaged(Error::checkpoint(
+                        &path,
+                        format!("not a valid training state ({e})"),
+                    ))
                 })?)
             }
             None => None,
         };
         let model = match &checkpoint {
             Some((_, dir)) => {
-                T5::load_safetensors(&exp.model, &dir.join("model.safetensors"), &device)?
+                T5::load_safetensors(&exp.model, &dir.join("model.safetensors"), &device)
+                    .map_err(damaged)?
             }
             None => match &exp.train.init_from {
                 Some(src) => load_pretrained(store, src, &exp, &device)?,
@@ -364,9 +444,14 @@ impl Worker {
         if let (Some(st), Some((_, dir))) = (state, &checkpoint) {
             let path = dir.join("optimizer.safetensors");
             let tensors = candle_core::safetensors::load(&path, &device).map_err(|e| {
-                Error::checkpoint(&path, format!("not a readable safetensors file ({e})"))
+                damaged(Error::checkpoint(
+                    &path,
+                    format!("not a readable safetensors file ({e})"),
+                ))
             })?;
-            optimizer.load_state(&tensors, &st.optimizer)?;
+            optimizer
+                .load_state(&tensors, &st.optimizer)
+                .map_err(|e| damaged(Error::checkpoint(&path, e.to_string())))?;
             schedule = st.schedule;
             // A resume to another end stretches (or shortens) the decay.
             schedule.base.total_steps = exp.train.steps as u64;
@@ -412,6 +497,17 @@ impl Worker {
             resumed,
             time: now(),
         });
+        if let Some(lr) = new_lr {
+            let from = schedule.lr_at(step);
+            schedule.set_lr(step, lr)?;
+            out.emit(TrainEvent::LrChanged {
+                step,
+                from,
+                to: schedule.lr_at(step),
+                by: LrSource::User,
+                time: now(),
+            });
+        }
         Ok(Self {
             exp,
             run: run.clone(),
@@ -428,6 +524,7 @@ impl Worker {
             tokens_seen,
             elapsed,
             bad_steps,
+            diverged: false,
             loss_scale,
             padding,
         })
@@ -545,11 +642,26 @@ impl Worker {
             if every(self.exp.eval.samples_every_steps) {
                 self.samples(out)?;
             }
-            if every(self.exp.checkpoint.every_steps) && self.step < total {
+            // Never a checkpoint of a step the divergence guard skipped.
+            if every(self.exp.checkpoint.every_steps) && self.step < total && self.bad_steps == 0 {
                 self.checkpoint(out)?;
             }
         };
-        self.checkpoint(out)?;
+        if self.diverged {
+            let last = self
+                .run
+                .latest_checkpoint()
+                .map_or("none yet".to_string(), |(s, _)| format!("step {s}"));
+            out.emit(warning(
+                self.step,
+                format!(
+                    "no checkpoint written: the loss diverged; the last checkpoint ({last}) is kept: `t5-tui resume {} --lr <lower rate>` continues from it",
+                    self.run.id()
+                ),
+            ));
+        } else {
+            self.checkpoint(out)?;
+        }
         out.emit(TrainEvent::Finished {
             step: self.step,
             reason,
@@ -641,17 +753,20 @@ impl Worker {
             });
             if self.bad_steps as usize >= self.exp.train.max_bad_steps.max(1) {
                 *paused = true;
+                self.diverged = true;
                 out.emit(TrainEvent::Paused {
                     step: self.step,
                     reason: format!(
-                        "{} steps in a row had a non-finite loss or gradient: lower the learning rate, or roll back to the last checkpoint, then resume",
-                        self.bad_steps
+                        "{} steps in a row had a non-finite loss or gradient: lower the learning rate and resume, or stop (no checkpoint is written over the last one) and `t5-tui resume {} --lr <lower rate>` to roll back to it",
+                        self.bad_steps,
+                        self.run.id()
                     ),
                     time: now(),
                 });
             }
         } else {
             self.bad_steps = 0;
+            self.diverged = false;
             self.optimizer.step(&grads, lr)?;
         }
         self.tokens_seen += tokens as u64;

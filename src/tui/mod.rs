@@ -102,21 +102,36 @@ pub fn run(store: RunStore, options: UiOptions) -> Result<UiExit> {
         ratatui::restore();
         return Err(Error::Other(format!("cannot start the input thread: {e}")));
     }
-    let result = run_loop(&mut terminal, &mut app, |timeout| {
-        if terminal_hung_up() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::BrokenPipe,
-                "the terminal was closed",
-            ));
-        }
-        match keys_rx.recv_timeout(timeout) {
-            Ok(ev) => Ok(Some(ev)),
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Ok(None),
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(std::io::Error::new(
-                std::io::ErrorKind::BrokenPipe,
-                "the terminal stopped sending input",
-            )),
-        }
+    // A panic in the UI (a bug) must not take the runs down with it: the
+    // hook `try_init` installed restores the terminal and prints the
+    // panic; catching it here lets the runs stop with a checkpoint.
+    let looped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run_loop(&mut terminal, &mut app, |timeout| {
+            if terminal_hung_up() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::BrokenPipe,
+                    "the terminal was closed",
+                ));
+            }
+            match keys_rx.recv_timeout(timeout) {
+                Ok(ev) => Ok(Some(ev)),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Ok(None),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(std::io::Error::new(
+                    std::io::ErrorKind::BrokenPipe,
+                    "the terminal stopped sending input",
+                )),
+            }
+        })
+    }));
+    let result = looped.unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("a panic");
+        Err(Error::Other(format!(
+            "the terminal UI crashed ({what}); its runs are stopped with a checkpoint"
+        )))
     });
     ratatui::restore();
     if result.is_err() && app.quit.is_none() {
@@ -135,7 +150,13 @@ pub fn run_loop<B: Backend>(
     app: &mut App,
     mut next_event: impl FnMut(Duration) -> std::io::Result<Option<Event>>,
 ) -> Result<()> {
+    let panic_after = debug_panic_frames();
+    let mut frames = 0u64;
     loop {
+        frames += 1;
+        if panic_after.is_some_and(|n| frames > n) {
+            panic!("{DEBUG_PANIC_ENV}: a panic inside the UI loop, on request");
+        }
         app.tick();
         if crate::signals::received() > 0 && app.quit.is_none() {
             app.quit = Some(QuitChoice::StopRuns);
@@ -168,6 +189,19 @@ pub fn run_loop<B: Backend>(
             }
             wait = Duration::ZERO;
         }
+    }
+}
+
+/// Debug builds only: `T5_TUI_DEBUG_PANIC=N` panics inside the UI loop
+/// after N frames, so that the fault tests can check that a bug in the UI
+/// restores the terminal and stops the runs with a checkpoint.
+pub const DEBUG_PANIC_ENV: &str = "T5_TUI_DEBUG_PANIC";
+
+fn debug_panic_frames() -> Option<u64> {
+    if cfg!(debug_assertions) {
+        std::env::var(DEBUG_PANIC_ENV).ok()?.parse().ok()
+    } else {
+        None
     }
 }
 
