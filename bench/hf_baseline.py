@@ -27,6 +27,8 @@ def main():
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--generate", type=int, default=0,
+                    help="also time greedy generate() of N new tokens at batch 1, per token")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -51,6 +53,25 @@ def main():
         if i >= args.warmup:
             times.append(time.perf_counter() - t)
     step = statistics.median(times)
+    gen = None
+    if args.generate > 0:
+        # As t5-tui bench --generate: one random prompt of --input-len tokens
+        # ending in </s>, batch 1, greedy with the key/value cache, exactly N
+        # new tokens (min_new_tokens keeps </s> from ending it early),
+        # median of 5 runs after one warm-up.
+        model.eval()
+        prompt = torch.randint(3, cfg.vocab_size, (1, args.input_len), generator=g)
+        prompt[0, -1] = cfg.eos_token_id
+        per_token = []
+        with torch.no_grad():
+            for run in range(6):
+                t = time.perf_counter()
+                model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt),
+                               max_new_tokens=args.generate, min_new_tokens=args.generate,
+                               do_sample=False, num_beams=1)
+                if run > 0:
+                    per_token.append((time.perf_counter() - t) / args.generate)
+        gen = statistics.median(per_token)
     tokens = args.batch * (args.input_len + args.target_len)
     json.dump(
         {
@@ -58,6 +79,7 @@ def main():
             "step_seconds": step,
             "step_seconds_min": min(times),
             "tokens_per_sec": tokens / step,
+            "generate_seconds_per_token": gen,
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,

@@ -30,6 +30,10 @@ pub struct BenchArgs {
     /// Time the forward pass alone as well.
     #[arg(long)]
     pub forward: bool,
+    /// Also time greedy decoding of N new tokens at batch 1 (a prompt of
+    /// --input-len tokens), per token.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub generate: usize,
     /// auto, cpu, cuda, cuda:N, metal.
     #[arg(long, default_value = "auto")]
     pub device: String,
@@ -63,6 +67,7 @@ pub fn bench(args: BenchArgs, out: &mut dyn Write) -> Result<()> {
             warmup_steps: args.warmup,
             steps: args.steps,
             forward: args.forward,
+            generate_tokens: args.generate,
         },
         &device,
     )?;
@@ -92,6 +97,13 @@ pub fn bench(args: BenchArgs, out: &mut dyn Write) -> Result<()> {
     ));
     if let Some(f) = report.forward_seconds {
         s.push_str(&format!("  forward        {f:.3} s\n"));
+    }
+    if let Some(g) = report.generate_seconds_per_token {
+        s.push_str(&format!(
+            "  generation     {:.2} ms a token (greedy, batch 1, {} new tokens)\n",
+            g * 1e3,
+            args.generate
+        ));
     }
     if let Some(rss) = report.peak_rss_bytes {
         s.push_str(&format!(

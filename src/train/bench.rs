@@ -22,6 +22,9 @@ pub struct BenchOptions {
     pub steps: usize,
     /// Time the forward pass alone as well.
     pub forward: bool,
+    /// Also time greedy decoding of this many new tokens at batch 1 (0:
+    /// no decoding).
+    pub generate_tokens: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -40,6 +43,8 @@ pub struct BenchReport {
     pub forward_flops: f64,
     pub train_flops_per_sec: f64,
     pub forward_seconds: Option<f64>,
+    /// Median seconds per new token of greedy decoding at batch 1.
+    pub generate_seconds_per_token: Option<f64>,
     pub peak_rss_bytes: Option<u64>,
 }
 
@@ -144,6 +149,15 @@ pub fn run_bench(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
     } else {
         None
     };
+    let generate_seconds_per_token = if opts.generate_tokens > 0 {
+        Some(time_greedy_decoding(
+            &model,
+            opts.input_length,
+            opts.generate_tokens,
+        )?)
+    } else {
+        None
+    };
     let step = median(times.clone());
     let flops = forward_flops(cfg, b, s, t);
     Ok(BenchReport {
@@ -159,8 +173,56 @@ pub fn run_bench(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
         forward_flops: flops,
         train_flops_per_sec: 3.0 * flops / step,
         forward_seconds,
+        generate_seconds_per_token,
         peak_rss_bytes: peak_rss_bytes(),
     })
+}
+
+/// Seconds per token of greedy decoding at batch 1: `new_tokens` steps of
+/// the key/value-cached decoder after one encoder pass over a random
+/// prompt of `prompt_len` tokens, as `generate` runs them, but never
+/// stopping at `</s>` (a random model may write it at any step), so that
+/// every run decodes the same number of tokens. Median of 5 runs after
+/// one warm-up.
+pub fn time_greedy_decoding(model: &T5, prompt_len: usize, new_tokens: usize) -> Result<f64> {
+    let cfg = model.config();
+    let device = model.device();
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let mut prompt: Vec<u32> = (0..prompt_len.saturating_sub(1))
+        .map(|_| rng.random_range(3..cfg.vocab_size as u32))
+        .collect();
+    prompt.push(cfg.eos_token_id);
+    let n = prompt.len();
+    let ids = Tensor::from_vec(prompt, (1, n), device)?;
+    let mask = Tensor::ones((1, n), candle_core::DType::U32, device)?;
+    let mut times = Vec::new();
+    for run in 0..6 {
+        let start = Instant::now();
+        let mut mode = ForwardMode::eval();
+        let enc = model.encode(&ids, &mask, &mut mode)?;
+        let mut cache = model.start_decoding(&enc, &mask)?;
+        let mut next = cfg.decoder_start_token_id;
+        for _ in 0..new_tokens {
+            let step = Tensor::from_vec(vec![next], (1, 1), device)?;
+            let logits = model.decode_step(&step, None, &mut cache, &mut mode)?;
+            let row: Vec<f32> = logits.flatten_all()?.to_vec1()?;
+            next = row
+                .iter()
+                .enumerate()
+                .fold((0usize, f32::NEG_INFINITY), |best, (i, &v)| {
+                    if v > best.1 {
+                        (i, v)
+                    } else {
+                        best
+                    }
+                })
+                .0 as u32;
+        }
+        if run > 0 {
+            times.push(start.elapsed().as_secs_f64() / new_tokens as f64);
+        }
+    }
+    Ok(median(times))
 }
 
 #[cfg(test)]
