@@ -1268,6 +1268,8 @@ pub fn kv_projection(xs: &Tensor, wk: &Tensor, wv: &Tensor) -> CResult<Option<Te
 /// split over the threads, and the softmax is kept for the backward pass.
 struct AttentionOp {
     heads: usize,
+    /// Dropout on the weights: the keep mask `[b, h, s, t]` and the scale.
+    dropout: Option<(std::sync::Arc<Vec<u8>>, f32)>,
     /// The attention weights of the forward pass, `[b, h, s, t]`.
     probs: std::sync::Mutex<Vec<f32>>,
 }
@@ -1392,6 +1394,15 @@ impl CustomOp3 for AttentionOp {
                 }
                 softmax_rows(&row, pr, g.t);
             }
+            // The weights that meet the values: dropped out, or as they are.
+            let dropped: Option<Vec<f32>> = self.dropout.as_ref().map(|(mask, scale)| {
+                let m = &mask[task * st..(task + 1) * st];
+                p.iter()
+                    .zip(m)
+                    .map(|(&v, &k)| v * f32::from(k) * scale)
+                    .collect()
+            });
+            let weights: &[f32] = dropped.as_deref().unwrap_or(p);
             unsafe {
                 gemm_into(
                     out_ptr.at(q0),
@@ -1401,7 +1412,7 @@ impl CustomOp3 for AttentionOp {
                     g.d,
                     g.t,
                     Mat {
-                        ptr: p.as_ptr(),
+                        ptr: weights.as_ptr(),
                         rs: g.t,
                         cs: 1,
                     },
@@ -1462,6 +1473,17 @@ impl CustomOp3 for AttentionOp {
                     let q0 = bi * g.s * inner + hi * g.d;
                     let k0 = bi * g.t * 2 * inner + hi * g.d;
                     let p = &probs[task * st..(task + 1) * st];
+                    let mask = self
+                        .dropout
+                        .as_ref()
+                        .map(|(m, scale)| (&m[task * st..(task + 1) * st], *scale));
+                    let dropped: Option<Vec<f32>> = mask.map(|(m, scale)| {
+                        p.iter()
+                            .zip(m)
+                            .map(|(&v, &k)| v * f32::from(k) * scale)
+                            .collect()
+                    });
+                    let weights: &[f32] = dropped.as_deref().unwrap_or(p);
                     let none = gemm::Parallelism::None;
                     // SAFETY: as in the forward pass; each task writes its own
                     // head's columns of dq and dkv, and its own ds.
@@ -1486,7 +1508,7 @@ impl CustomOp3 for AttentionOp {
                             },
                             none,
                         );
-                        // dV = Pᵀ dO
+                        // dV = Pᵀ dO, with P after dropout
                         gemm_into(
                             dkv_ptr.at(k0 + inner),
                             2 * inner,
@@ -1495,7 +1517,7 @@ impl CustomOp3 for AttentionOp {
                             g.d,
                             g.s,
                             Mat {
-                                ptr: p.as_ptr(),
+                                ptr: weights.as_ptr(),
                                 rs: 1,
                                 cs: g.t,
                             },
@@ -1506,6 +1528,12 @@ impl CustomOp3 for AttentionOp {
                             },
                             none,
                         );
+                    }
+                    // Back through the dropout: the mask and scale again.
+                    if let Some((m, scale)) = mask {
+                        for (v, &k) in ds.iter_mut().zip(m) {
+                            *v *= f32::from(k) * scale;
+                        }
                     }
                     // dS = P ⊙ (dP - rowsum(dP ⊙ P))
                     let mut row = vec![0f32; g.t];
@@ -1598,14 +1626,39 @@ impl CustomOp3 for AttentionOp {
     }
 }
 
-/// See [`AttentionOp`]. `None` where the fused path does not apply (not
-/// f32 on the CPU): the caller then takes candle's ops.
-pub fn attention(q: &Tensor, kv: &Tensor, bias: &Tensor, heads: usize) -> CResult<Option<Tensor>> {
-    if !fusable(&[q, kv, bias]) || attn_dims(q.dims(), kv.dims(), bias.dims(), heads).is_err() {
+/// Whether [`attention`] takes these tensors (f32 on the CPU, shapes as
+/// it wants them).
+pub fn attention_applies(q: &Tensor, kv: &Tensor, bias: &Tensor, heads: usize) -> bool {
+    fusable(&[q, kv, bias]) && attn_dims(q.dims(), kv.dims(), bias.dims(), heads).is_ok()
+}
+
+/// See [`AttentionOp`]; `dropout` is the weights' keep mask `[b, h, s, t]`
+/// and the scale of kept weights. `None` where the fused path does not
+/// apply (see [`attention_applies`]): the caller then takes candle's ops.
+pub fn attention(
+    q: &Tensor,
+    kv: &Tensor,
+    bias: &Tensor,
+    heads: usize,
+    dropout: Option<(Vec<u8>, f32)>,
+) -> CResult<Option<Tensor>> {
+    if !attention_applies(q, kv, bias, heads) {
         return Ok(None);
+    }
+    let (b, s, _) = q.dims3()?;
+    let t = kv.dim(1)?;
+    if let Some((mask, _)) = &dropout {
+        if mask.len() != b * heads * s * t {
+            bail!(
+                "attention: a dropout mask of {} for {} weights",
+                mask.len(),
+                b * heads * s * t
+            );
+        }
     }
     let op = AttentionOp {
         heads,
+        dropout: dropout.map(|(m, scale)| (std::sync::Arc::new(m), scale)),
         probs: std::sync::Mutex::new(Vec::new()),
     };
     Ok(Some(q.contiguous()?.apply_op3(
@@ -1613,6 +1666,69 @@ pub fn attention(q: &Tensor, kv: &Tensor, bias: &Tensor, heads: usize) -> CResul
         &bias.contiguous()?,
         op,
     )?))
+}
+
+// --------------------------------------------------------------- dropout
+
+/// `x · mask · scale` with the mask (1 keeps, 0 drops) held by the op: no
+/// mask tensor in the graph (candle would keep a gradient for it too).
+struct Dropout {
+    mask: std::sync::Arc<Vec<u8>>,
+    scale: f32,
+}
+
+impl Dropout {
+    fn apply(&self, x: &[f32]) -> Vec<f32> {
+        let mut out = vec![0f32; x.len()];
+        let scale = self.scale;
+        for_chunks(&mut out, CHUNK, |start, o| {
+            let xs = &x[start..start + o.len()];
+            let ms = &self.mask[start..start + o.len()];
+            for ((o, &v), &k) in o.iter_mut().zip(xs).zip(ms) {
+                *o = v * f32::from(k) * scale;
+            }
+        });
+        out
+    }
+}
+
+impl CustomOp1 for Dropout {
+    fn name(&self) -> &'static str {
+        "dropout"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, self.name())?;
+        if x.len() != self.mask.len() {
+            bail!(
+                "dropout: a mask of {} for {} values",
+                self.mask.len(),
+                x.len()
+            );
+        }
+        Ok((CpuStorage::F32(self.apply(x)), l.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
+        let again = Dropout {
+            mask: self.mask.clone(),
+            scale: self.scale,
+        };
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&again)?))
+    }
+}
+
+/// Inverted dropout of `xs` with a keep mask drawn by the caller, on the
+/// CPU in f32; `None` elsewhere (the caller multiplies by a mask tensor).
+pub fn dropout(xs: &Tensor, mask: &[u8], scale: f32) -> CResult<Option<Tensor>> {
+    if !fusable(&[xs]) || mask.len() != xs.elem_count() {
+        return Ok(None);
+    }
+    let op = Dropout {
+        mask: std::sync::Arc::new(mask.to_vec()),
+        scale,
+    };
+    Ok(Some(xs.contiguous()?.apply_op1(op)?))
 }
 
 #[cfg(test)]
@@ -1867,7 +1983,7 @@ mod tests {
             let bias = Var::from_tensor(&randn(&bias_shape, seed)).unwrap();
             let q = linear(&x, &wq).unwrap();
             let kv = kv_projection(&x, &wk, &wv).unwrap().unwrap();
-            let ours = attention(&q, &kv, &bias, 4).unwrap().unwrap();
+            let ours = attention(&q, &kv, &bias, 4, None).unwrap().unwrap();
             let q_c = composed_linear(&x, &wq);
             let kv_c =
                 Tensor::cat(&[composed_linear(&x, &wk), composed_linear(&x, &wv)], 2).unwrap();
@@ -1888,6 +2004,106 @@ mod tests {
             for t in [&x, &wq, &wk, &wv, &bias] {
                 close(go.get(t).unwrap(), gt.get(t).unwrap(), 1e-4);
             }
+        }
+    }
+
+    #[test]
+    fn dropout_in_fused_ops_matches_a_mask_tensor() {
+        let x = Var::from_tensor(&randn(&[2, 5, 16], 40)).unwrap();
+        let w = Var::from_tensor(&(randn(&[16, 16], 41) * 0.1).unwrap()).unwrap();
+        let probe = randn(&[2, 5, 16], 42);
+        let keep = |n: usize, seed: u64| -> Vec<u8> {
+            (0..n as u64)
+                .map(|i| u8::from(!(i * 7 + seed).is_multiple_of(10)))
+                .collect()
+        };
+        let scale = 1.0 / 0.9f32;
+        let as_tensor = |m: &[u8], shape: &[usize]| {
+            let v: Vec<f32> = m.iter().map(|&k| f32::from(k) * scale).collect();
+            Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+        };
+
+        let m = keep(160, 1);
+        let ours = dropout(&x, &m, scale).unwrap().unwrap();
+        let theirs = (x.as_tensor() * as_tensor(&m, &[2, 5, 16])).unwrap();
+        close(&ours, &theirs, 1e-6);
+        let go = (ours * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gt = (theirs * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        close(go.get(&x).unwrap(), gt.get(&x).unwrap(), 1e-6);
+
+        // Attention: the weights' mask between softmax and values.
+        let bias = Var::from_tensor(&randn(&[1, 2, 5, 5], 43)).unwrap();
+        let m = keep(2 * 2 * 5 * 5, 3);
+        let q = linear(&x, &w).unwrap();
+        let kv = kv_projection(&x, &w, &w).unwrap().unwrap();
+        let ours = attention(&q, &kv, &bias, 2, Some((m.clone(), scale)))
+            .unwrap()
+            .unwrap();
+        let heads = |t: &Tensor| {
+            t.reshape((2, 5, 2, 8))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+        };
+        let qh = heads(&x.matmul_wt(&w));
+        let kh = heads(&x.matmul_wt(&w));
+        let scores = qh
+            .matmul(&kh.t().unwrap())
+            .unwrap()
+            .broadcast_add(&bias)
+            .unwrap();
+        let weights = candle_nn::ops::softmax(&scores, D::Minus1).unwrap();
+        let weights = (weights * as_tensor(&m, &[2, 2, 5, 5])).unwrap();
+        let theirs = weights
+            .matmul(&kh)
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .reshape((2, 5, 16))
+            .unwrap();
+        close(&ours, &theirs, 1e-5);
+        let go = (ours * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gt = (theirs * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for t in [&x, &w, &bias] {
+            close(go.get(t).unwrap(), gt.get(t).unwrap(), 1e-4);
+        }
+    }
+
+    trait MatmulWt {
+        fn matmul_wt(&self, w: &Tensor) -> Tensor;
+    }
+
+    impl MatmulWt for Var {
+        fn matmul_wt(&self, w: &Tensor) -> Tensor {
+            let (b, s, d) = self.dims3().unwrap();
+            self.reshape((b * s, d))
+                .unwrap()
+                .matmul(&w.t().unwrap())
+                .unwrap()
+                .reshape((b, s, w.dim(0).unwrap()))
+                .unwrap()
         }
     }
 

@@ -52,23 +52,32 @@ impl ForwardMode {
         self.rng.as_ref()
     }
 
-    /// Inverted dropout: zero each element with probability `p`, scale the
-    /// rest by `1 / (1 - p)`. The mask is drawn on the host from the seeded
-    /// RNG, because candle's CPU device cannot be seeded: a run with the
-    /// same seed drops the same units on any device.
-    pub fn dropout(&mut self, xs: &Tensor, p: f64) -> Result<Tensor> {
-        let Some(rng) = self.rng.as_mut() else {
-            return Ok(xs.clone());
-        };
+    /// The keep mask of inverted dropout over `n` elements (1 keeps, 0
+    /// drops; each dropped with probability `p`) and the scale of the kept
+    /// ones, `1 / (1 - p)`; `None` when evaluating or `p` is 0. Drawn on
+    /// the host from the seeded RNG, because candle's CPU device cannot be
+    /// seeded: a run with the same seed drops the same units on any device.
+    pub fn dropout_mask(&mut self, n: usize, p: f64) -> Option<(Vec<u8>, f32)> {
+        let rng = self.rng.as_mut()?;
         if p <= 0.0 {
-            return Ok(xs.clone());
+            return None;
         }
         let scale = (1.0 / (1.0 - p)) as f32;
         let p = p as f32;
-        let n = xs.elem_count();
-        let mask: Vec<f32> = (0..n)
-            .map(|_| if rng.random::<f32>() < p { 0.0 } else { scale })
-            .collect();
+        let mask = (0..n).map(|_| u8::from(rng.random::<f32>() >= p)).collect();
+        Some((mask, scale))
+    }
+
+    /// Inverted dropout: zero each element with probability `p`, scale the
+    /// rest by `1 / (1 - p)` (see [`Self::dropout_mask`]).
+    pub fn dropout(&mut self, xs: &Tensor, p: f64) -> Result<Tensor> {
+        let Some((mask, scale)) = self.dropout_mask(xs.elem_count(), p) else {
+            return Ok(xs.clone());
+        };
+        if let Some(out) = super::kernels::dropout(xs, &mask, scale)? {
+            return Ok(out);
+        }
+        let mask: Vec<f32> = mask.iter().map(|&k| f32::from(k) * scale).collect();
         let mask = Tensor::from_vec(mask, xs.shape(), &Device::Cpu)?
             .to_device(xs.device())?
             .to_dtype(xs.dtype())?;
@@ -215,7 +224,7 @@ impl Attention {
         )?)
     }
 
-    /// [`Self::forward`] without cache or dropout, through the fused CPU
+    /// [`Self::forward`] without a cache, through the fused CPU
     /// kernels: `kv` from [`Self::project_kv_packed`] (self-attention when
     /// `None`). `None` where the kernels do not apply; the caller then
     /// takes [`Self::forward`].
@@ -224,6 +233,8 @@ impl Attention {
         xs: &Tensor,
         kv: Option<&Tensor>,
         bias: &Tensor,
+        dropout: f64,
+        mode: &mut ForwardMode,
     ) -> Result<Option<Tensor>> {
         let own;
         let kv = match kv {
@@ -237,7 +248,15 @@ impl Attention {
             },
         };
         let q = self.q.forward(xs)?;
-        let Some(out) = super::kernels::attention(&q, kv, bias, self.num_heads)? else {
+        if !super::kernels::attention_applies(&q, kv, bias, self.num_heads) {
+            return Ok(None);
+        }
+        // The weights' mask, drawn where the composed path draws it, so
+        // both drop the same units.
+        let (b, s, _) = q.dims3()?;
+        let t = kv.dim(1)?;
+        let mask = mode.dropout_mask(b * self.num_heads * s * t, dropout);
+        let Some(out) = super::kernels::attention(&q, kv, bias, self.num_heads, mask)? else {
             return Ok(None);
         };
         Ok(Some(self.o.forward(&out)?))

@@ -312,7 +312,7 @@ impl T5 {
                 .0
         }
         // The fused kernels take keys and values packed in one tensor.
-        let packed: Option<Vec<Tensor>> = if fused_attention(&self.cfg, mode) {
+        let packed: Option<Vec<Tensor>> = if fused_attention(mode) {
             self.decoder
                 .blocks
                 .iter()
@@ -460,11 +460,13 @@ impl Stack {
     ) -> Result<Tensor> {
         let p = cfg.dropout_rate;
         let caching = matches!(&cross, Some((_, _, caches)) if !caches.is_empty());
-        let fused = !caching && fused_attention(cfg, mode);
+        let fused = !caching && fused_attention(mode);
         for (i, block) in self.blocks.iter().enumerate() {
             let h = block.self_norm.forward(&x)?;
             let packed = if fused {
-                block.self_attn.forward_packed(&h, None, self_bias)?
+                block
+                    .self_attn
+                    .forward_packed(&h, None, self_bias, p, mode)?
             } else {
                 None
             };
@@ -485,7 +487,7 @@ impl Stack {
                 let h = norm.forward(&x)?;
                 let h = match keys {
                     CrossKeys::Packed(kvs) => attn
-                        .forward_packed(&h, Some(&kvs[i]), bias)?
+                        .forward_packed(&h, Some(&kvs[i]), bias, p, mode)?
                         .ok_or_else(|| Error::Other("packed keys off the fused path".into()))?,
                     CrossKeys::Split(kvs) => {
                         attn.forward(&h, Some(&kvs[i]), bias, None, p, mode)?
@@ -509,10 +511,10 @@ enum CrossKeys<'a> {
     Packed(&'a [Tensor]),
 }
 
-/// Whether attention takes the fused CPU kernels: they have no dropout
-/// and work in f32 (each kernel also checks its tensors).
-fn fused_attention(cfg: &T5Config, mode: &ForwardMode) -> bool {
-    (cfg.dropout_rate == 0.0 || !mode.is_train()) && mode.compute() == DType::F32
+/// Whether attention takes the fused CPU kernels: they work in f32 (each
+/// kernel also checks its tensors' device and dtype).
+fn fused_attention(mode: &ForwardMode) -> bool {
+    mode.compute() == DType::F32
 }
 
 fn build_stack(cfg: &T5Config, p: &mut ParamBuilder, is_decoder: bool) -> Result<Stack> {
