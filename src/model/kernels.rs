@@ -909,6 +909,98 @@ struct Mat {
     cs: usize,
 }
 
+impl Mat {
+    /// A row-major matrix whose rows are `rs` apart.
+    fn rows(data: &[f32], rs: usize) -> Self {
+        Mat {
+            ptr: data.as_ptr(),
+            rs,
+            cs: 1,
+        }
+    }
+
+    /// The transpose of a row-major matrix whose rows are `rs` apart.
+    fn transposed(data: &[f32], rs: usize) -> Self {
+        Mat {
+            ptr: data.as_ptr(),
+            rs: 1,
+            cs: rs,
+        }
+    }
+}
+
+/// `y = x Wᵀ` for `x: rows x inn`, `W: out x inn`, into `y` whose rows are
+/// `y_rs` apart.
+///
+/// # Safety
+/// `y` must hold `rows` rows of `out` values `y_rs` apart, and overlap
+/// nothing else.
+#[allow(clippy::too_many_arguments)]
+unsafe fn x_wt(
+    y: *mut f32,
+    y_rs: usize,
+    x: &[f32],
+    w: &[f32],
+    rows: usize,
+    out: usize,
+    inn: usize,
+) {
+    gemm_into(
+        y,
+        y_rs,
+        false,
+        rows,
+        out,
+        inn,
+        Mat::rows(x, inn),
+        Mat::transposed(w, inn),
+        gemm_threads(),
+    )
+}
+
+/// The gradients of [`x_wt`]: `dx (+)= g W` and `dW = gᵀ x`, where the rows
+/// of `g` (`rows x out`) are `g_rs` apart.
+#[allow(clippy::too_many_arguments)]
+fn linear_grads(
+    dx: &mut [f32],
+    accumulate: bool,
+    dw: &mut [f32],
+    g: &[f32],
+    g_rs: usize,
+    w: &[f32],
+    x: &[f32],
+    (rows, out, inn): (usize, usize, usize),
+) {
+    assert!(dx.len() >= rows * inn && dw.len() >= out * inn && x.len() >= rows * inn);
+    assert!(w.len() >= out * inn && (rows == 0 || g.len() >= (rows - 1) * g_rs + out));
+    // SAFETY: the asserts above bound every element the strides reach;
+    // dx and dw are distinct buffers of their own.
+    unsafe {
+        gemm_into(
+            dx.as_mut_ptr(),
+            inn,
+            accumulate,
+            rows,
+            inn,
+            out,
+            Mat::rows(g, g_rs),
+            Mat::rows(w, inn),
+            gemm_threads(),
+        );
+        gemm_into(
+            dw.as_mut_ptr(),
+            inn,
+            false,
+            out,
+            inn,
+            rows,
+            Mat::transposed(g, g_rs),
+            Mat::rows(x, inn),
+            gemm_threads(),
+        );
+    }
+}
+
 /// `dst (m x n, row stride dst_rs) [+]= a (m x k) · b (k x n)`.
 ///
 /// # Safety
@@ -980,29 +1072,8 @@ impl CustomOp2 for LinearOp {
         let (out, inn) = l2.shape().dims2()?;
         let rows = x.len() / inn.max(1);
         let mut y = vec![0f32; rows * out];
-        // SAFETY: x is rows x in, w is out x in (read as its transpose),
-        // y is rows x out; all contiguous.
-        unsafe {
-            gemm_into(
-                y.as_mut_ptr(),
-                out,
-                false,
-                rows,
-                out,
-                inn,
-                Mat {
-                    ptr: x.as_ptr(),
-                    rs: inn,
-                    cs: 1,
-                },
-                Mat {
-                    ptr: w.as_ptr(),
-                    rs: 1,
-                    cs: inn,
-                },
-                gemm_threads(),
-            )
-        };
+        // SAFETY: y is rows x out, contiguous and fresh.
+        unsafe { x_wt(y.as_mut_ptr(), out, x, w, rows, out, inn) };
         let mut dims = l1.dims().to_vec();
         let r = dims.len();
         dims[r - 1] = out;
@@ -1030,49 +1101,7 @@ impl CustomOp2 for LinearOp {
                 host(&ws, wl, "linear")?,
                 host(&gs, gl, "linear")?,
             );
-            // SAFETY: shapes as in the forward pass; dx and dw are fresh.
-            unsafe {
-                // dx = g W
-                gemm_into(
-                    dx.as_mut_ptr(),
-                    inn,
-                    false,
-                    rows,
-                    inn,
-                    out,
-                    Mat {
-                        ptr: gv.as_ptr(),
-                        rs: out,
-                        cs: 1,
-                    },
-                    Mat {
-                        ptr: wv.as_ptr(),
-                        rs: inn,
-                        cs: 1,
-                    },
-                    gemm_threads(),
-                );
-                // dW = gᵀ x
-                gemm_into(
-                    dw.as_mut_ptr(),
-                    inn,
-                    false,
-                    out,
-                    inn,
-                    rows,
-                    Mat {
-                        ptr: gv.as_ptr(),
-                        rs: 1,
-                        cs: out,
-                    },
-                    Mat {
-                        ptr: xv.as_ptr(),
-                        rs: inn,
-                        cs: 1,
-                    },
-                    gemm_threads(),
-                );
-            }
+            linear_grads(&mut dx, false, &mut dw, gv, out, wv, xv, (rows, out, inn));
         }
         let dev = x.device();
         Ok((
@@ -1132,28 +1161,8 @@ impl CustomOp3 for KvProjection {
         let rows = x.len() / inn.max(1);
         let mut y = vec![0f32; rows * 2 * out];
         for (i, w) in [wk, wv].into_iter().enumerate() {
-            // SAFETY: half of each row of y, row stride 2 * out.
-            unsafe {
-                gemm_into(
-                    y.as_mut_ptr().add(i * out),
-                    2 * out,
-                    false,
-                    rows,
-                    out,
-                    inn,
-                    Mat {
-                        ptr: x.as_ptr(),
-                        rs: inn,
-                        cs: 1,
-                    },
-                    Mat {
-                        ptr: w.as_ptr(),
-                        rs: 1,
-                        cs: inn,
-                    },
-                    gemm_threads(),
-                )
-            };
+            // SAFETY: half of each row of y, rows 2 * out apart.
+            unsafe { x_wt(y.as_mut_ptr().add(i * out), 2 * out, x, w, rows, out, inn) };
         }
         let mut dims = l1.dims().to_vec();
         let r = dims.len();
@@ -1188,51 +1197,9 @@ impl CustomOp3 for KvProjection {
                 host(&gs, gl, name)?,
             );
             for (i, (w, dw)) in [(kv, &mut dwk), (vv, &mut dwv)].into_iter().enumerate() {
-                let g = Mat {
-                    ptr: gv[i * out..].as_ptr(),
-                    rs: 2 * out,
-                    cs: 1,
-                };
-                let gt = Mat {
-                    ptr: gv[i * out..].as_ptr(),
-                    rs: 1,
-                    cs: 2 * out,
-                };
-                // SAFETY: shapes as in the forward pass; outputs are fresh.
-                unsafe {
-                    // dx += g_i W_i
-                    gemm_into(
-                        dx.as_mut_ptr(),
-                        inn,
-                        i > 0,
-                        rows,
-                        inn,
-                        out,
-                        g,
-                        Mat {
-                            ptr: w.as_ptr(),
-                            rs: inn,
-                            cs: 1,
-                        },
-                        gemm_threads(),
-                    );
-                    // dW_i = g_iᵀ x
-                    gemm_into(
-                        dw.as_mut_ptr(),
-                        inn,
-                        false,
-                        out,
-                        inn,
-                        rows,
-                        gt,
-                        Mat {
-                            ptr: xv.as_ptr(),
-                            rs: inn,
-                            cs: 1,
-                        },
-                        gemm_threads(),
-                    );
-                }
+                // Keys, then values: half of each row of the gradient.
+                let g = &gv[i * out..];
+                linear_grads(&mut dx, i > 0, dw, g, 2 * out, w, xv, (rows, out, inn));
             }
         }
         let dev = x.device();
@@ -1372,16 +1339,8 @@ impl CustomOp3 for AttentionOp {
                     g.s,
                     g.t,
                     g.d,
-                    Mat {
-                        ptr: q[q0..].as_ptr(),
-                        rs: inner,
-                        cs: 1,
-                    },
-                    Mat {
-                        ptr: kv[k0..].as_ptr(),
-                        rs: 1,
-                        cs: 2 * inner,
-                    },
+                    Mat::rows(&q[q0..], inner),
+                    Mat::transposed(&kv[k0..], 2 * inner),
                     gemm::Parallelism::None,
                 );
             }
@@ -1411,16 +1370,8 @@ impl CustomOp3 for AttentionOp {
                     g.s,
                     g.d,
                     g.t,
-                    Mat {
-                        ptr: weights.as_ptr(),
-                        rs: g.t,
-                        cs: 1,
-                    },
-                    Mat {
-                        ptr: kv[k0 + inner..].as_ptr(),
-                        rs: 2 * inner,
-                        cs: 1,
-                    },
+                    Mat::rows(weights, g.t),
+                    Mat::rows(&kv[k0 + inner..], 2 * inner),
                     gemm::Parallelism::None,
                 );
             }
@@ -1496,16 +1447,8 @@ impl CustomOp3 for AttentionOp {
                             g.s,
                             g.t,
                             g.d,
-                            Mat {
-                                ptr: gv[q0..].as_ptr(),
-                                rs: inner,
-                                cs: 1,
-                            },
-                            Mat {
-                                ptr: kvv[k0 + inner..].as_ptr(),
-                                rs: 1,
-                                cs: 2 * inner,
-                            },
+                            Mat::rows(&gv[q0..], inner),
+                            Mat::transposed(&kvv[k0 + inner..], 2 * inner),
                             none,
                         );
                         // dV = Pᵀ dO, with P after dropout
@@ -1516,16 +1459,8 @@ impl CustomOp3 for AttentionOp {
                             g.t,
                             g.d,
                             g.s,
-                            Mat {
-                                ptr: weights.as_ptr(),
-                                rs: 1,
-                                cs: g.t,
-                            },
-                            Mat {
-                                ptr: gv[q0..].as_ptr(),
-                                rs: inner,
-                                cs: 1,
-                            },
+                            Mat::transposed(weights, g.t),
+                            Mat::rows(&gv[q0..], inner),
                             none,
                         );
                     }
@@ -1550,16 +1485,8 @@ impl CustomOp3 for AttentionOp {
                             g.s,
                             g.d,
                             g.t,
-                            Mat {
-                                ptr: ds.as_ptr(),
-                                rs: g.t,
-                                cs: 1,
-                            },
-                            Mat {
-                                ptr: kvv[k0..].as_ptr(),
-                                rs: 2 * inner,
-                                cs: 1,
-                            },
+                            Mat::rows(ds, g.t),
+                            Mat::rows(&kvv[k0..], 2 * inner),
                             none,
                         );
                         // dK = dSᵀ q
@@ -1570,16 +1497,8 @@ impl CustomOp3 for AttentionOp {
                             g.t,
                             g.d,
                             g.s,
-                            Mat {
-                                ptr: ds.as_ptr(),
-                                rs: 1,
-                                cs: g.t,
-                            },
-                            Mat {
-                                ptr: qv[q0..].as_ptr(),
-                                rs: inner,
-                                cs: 1,
-                            },
+                            Mat::transposed(ds, g.t),
+                            Mat::rows(&qv[q0..], inner),
                             none,
                         );
                     }
@@ -1746,6 +1665,12 @@ mod tests {
         }
     }
 
+    /// The gradients of `Σ y ⊙ probe`: every element of `y` gets its own
+    /// weight, so a wrong gradient anywhere shows.
+    fn grads_against(y: &Tensor, probe: &Tensor) -> candle_core::backprop::GradStore {
+        (y * probe).unwrap().sum_all().unwrap().backward().unwrap()
+    }
+
     fn randn(shape: &[usize], seed: u64) -> Tensor {
         use rand::SeedableRng;
         use rand_distr::Distribution;
@@ -1781,18 +1706,8 @@ mod tests {
         let fused = gated_gelu(&gate, &up).unwrap();
         let composed = gate.gelu().unwrap().mul(&up).unwrap();
         close(&fused, &composed, 2e-6);
-        let gf = (fused * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let gc = (composed * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let gf = grads_against(&fused, &probe);
+        let gc = grads_against(&composed, &probe);
         for v in [&gate, &up] {
             close(gf.get(v).unwrap(), gc.get(v).unwrap(), 1e-5);
         }
@@ -1802,18 +1717,8 @@ mod tests {
         let fused = softmax_last_dim(&x).unwrap();
         let composed = candle_nn::ops::softmax(&x, D::Minus1).unwrap();
         close(&fused, &composed, 1e-6);
-        let gf = (fused * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let gc = (composed * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let gf = grads_against(&fused, &probe);
+        let gc = grads_against(&composed, &probe);
         close(gf.get(&x).unwrap(), gc.get(&x).unwrap(), 1e-5);
 
         let x = Var::from_tensor(&randn(&[2, 300, 96], 6)).unwrap();
@@ -1827,18 +1732,8 @@ mod tests {
             .broadcast_mul(&w)
             .unwrap();
         close(&fused, &composed, 1e-5);
-        let gf = (fused * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let gc = (composed * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let gf = grads_against(&fused, &probe);
+        let gc = grads_against(&composed, &probe);
         for v in [&x, &w] {
             close(gf.get(v).unwrap(), gc.get(v).unwrap(), 1e-4);
         }
@@ -1879,18 +1774,8 @@ mod tests {
         let ours = batched_matmul(&batched_matmul(&q, &k.t().unwrap()).unwrap(), &v).unwrap();
         let theirs = q.matmul(&k.t().unwrap()).unwrap().matmul(&v).unwrap();
         close(&ours, &theirs, 1e-5);
-        let go = (ours * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let gt = (theirs * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let go = grads_against(&ours, &probe);
+        let gt = grads_against(&theirs, &probe);
         for t in [&q, &k, &v] {
             close(go.get(t).unwrap(), gt.get(t).unwrap(), 1e-5);
         }
@@ -1954,18 +1839,8 @@ mod tests {
         let ours = linear(&x, &wq).unwrap();
         let theirs = composed_linear(&x, &wq);
         close(&ours, &theirs, 1e-5);
-        let go = (ours * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let gt = (theirs * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let go = grads_against(&ours, &probe);
+        let gt = grads_against(&theirs, &probe);
         for t in [&x, &wq] {
             close(go.get(t).unwrap(), gt.get(t).unwrap(), 1e-5);
         }
@@ -1989,18 +1864,8 @@ mod tests {
                 Tensor::cat(&[composed_linear(&x, &wk), composed_linear(&x, &wv)], 2).unwrap();
             let theirs = composed_attention(&q_c, &kv_c, &bias, 4);
             close(&ours, &theirs, 1e-5);
-            let go = (ours * &probe)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let gt = (theirs * &probe)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
+            let go = grads_against(&ours, &probe);
+            let gt = grads_against(&theirs, &probe);
             for t in [&x, &wq, &wk, &wv, &bias] {
                 close(go.get(t).unwrap(), gt.get(t).unwrap(), 1e-4);
             }
@@ -2027,18 +1892,8 @@ mod tests {
         let ours = dropout(&x, &m, scale).unwrap().unwrap();
         let theirs = (x.as_tensor() * as_tensor(&m, &[2, 5, 16])).unwrap();
         close(&ours, &theirs, 1e-6);
-        let go = (ours * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let gt = (theirs * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let go = grads_against(&ours, &probe);
+        let gt = grads_against(&theirs, &probe);
         close(go.get(&x).unwrap(), gt.get(&x).unwrap(), 1e-6);
 
         // Attention: the weights' mask between softmax and values.
@@ -2074,18 +1929,8 @@ mod tests {
             .reshape((2, 5, 16))
             .unwrap();
         close(&ours, &theirs, 1e-5);
-        let go = (ours * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let gt = (theirs * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let go = grads_against(&ours, &probe);
+        let gt = grads_against(&theirs, &probe);
         for t in [&x, &w, &bias] {
             close(go.get(t).unwrap(), gt.get(t).unwrap(), 1e-4);
         }
