@@ -138,6 +138,55 @@ fn dropout_is_active_only_in_training_and_follows_the_seed() {
     assert_ne!(train1, train3, "another seed drops other units");
 }
 
+/// On the CPU in f32 the model runs fused kernels (dropout included); in
+/// f64 compute it runs candle's composed ops. With the same seed both must
+/// drop the same units and give the same loss and gradients, so the fused
+/// path is the same model, dropout and all.
+#[test]
+fn fused_cpu_kernels_train_as_candles_ops_do_with_dropout() {
+    use rand::SeedableRng;
+    let mut cfg = tiny_config(false);
+    cfg.dropout_rate = 0.2;
+    let model = T5::new_random(&cfg, 3, &Device::Cpu).unwrap();
+    let (input, mask, dec, labels) = tiny_batch(&cfg);
+    let run = |compute: DType| {
+        let rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let mut mode = ForwardMode::train(rng).with_compute(compute);
+        let logits = model.forward(&input, &mask, &dec, None, &mut mode).unwrap();
+        let loss = cross_entropy(&logits, &labels, Some(cfg.pad_token_id), 0.0).unwrap();
+        let grads = loss.loss.backward().unwrap();
+        let g: Vec<Vec<f32>> = model
+            .params()
+            .iter()
+            .map(|(_, v)| {
+                let g = grads
+                    .get(v.as_tensor())
+                    .expect("every parameter gets a gradient");
+                g.to_dtype(DType::F32)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap()
+            })
+            .collect();
+        (loss.cross_entropy, g)
+    };
+    let (fused_loss, fused) = run(DType::F32);
+    let (composed_loss, composed) = run(DType::F64);
+    assert!(
+        (fused_loss - composed_loss).abs() < 1e-4 * composed_loss.abs().max(1.0),
+        "loss {fused_loss} fused, {composed_loss} composed"
+    );
+    let (mut num, mut den) = (0f64, 0f64);
+    for (a, b) in fused.iter().flatten().zip(composed.iter().flatten()) {
+        num += ((a - b) as f64).powi(2);
+        den += (*b as f64).powi(2);
+    }
+    let rel = (num / den).sqrt();
+    assert!(rel < 1e-4, "gradients differ by {rel} (relative)");
+}
+
 #[test]
 fn loss_ignores_padding_and_adds_the_z_loss() {
     let cfg = tiny_config(true);
