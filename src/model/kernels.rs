@@ -1,6 +1,7 @@
 //! Fused CPU kernels for the parts of a training step that candle would run
-//! as chains of small ops: gated GELU, softmax, RMS norm and cross-entropy,
-//! each with its own backward.
+//! as chains of small ops, each with its own backward: gated GELU, softmax,
+//! RMS norm, cross-entropy and dropout; linear maps, the packed key/value
+//! map and attention between projections; attention's batched products.
 //!
 //! Why they exist: on the CPU every candle op is a full pass over memory,
 //! and in the backward pass every edge of the graph costs one more zeroed
@@ -14,9 +15,9 @@
 //! functions fall back to candle's composed ops, so the model has one call
 //! for each part whatever the device.
 //!
-//! Reductions over rows (the RMS-norm weight gradient) are summed in a fixed
-//! order, so results do not depend on how threads were scheduled: a resumed
-//! run repeats its losses bit for bit.
+//! Reductions (row sums, the RMS-norm weight gradient, the attention bias
+//! gradient) are summed in a fixed order, so results do not depend on how
+//! threads were scheduled: a resumed run repeats its losses bit for bit.
 
 use candle_core::{
     backend::BackendStorage, bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout,
