@@ -8,6 +8,8 @@
 
 use std::path::Path;
 
+mod common;
+
 use proptest::prelude::*;
 use t5_tui::config::Experiment;
 use t5_tui::data::source::{Format, OnBadLine, ReadOptions, Source, SourceReader};
@@ -27,25 +29,10 @@ fn config() -> ProptestConfig {
     }
 }
 
-const BASE: &str = r#"name = "fuzz"
-[model]
-vocab_size = 128
-d_model = 32
-d_ff = 64
-num_layers = 1
-num_heads = 2
-[tokenizer]
-vocab_size = 50
-extra_ids = 10
-[data]
-sources = ["corpus.txt"]
-[objective]
-input_length = 24
-[train]
-device = "cpu"
-batch_size = 4
-steps = 10
-"#;
+/// A valid experiment for the random overrides to change.
+fn base() -> String {
+    common::tiny_experiment_toml("fuzz", 10, "")
+}
 
 /// Keys the experiment sections take, with a few that do not exist.
 const KEYS: &[&str] = &[
@@ -254,8 +241,9 @@ proptest! {
     ) {
         // Both ways in: as overrides, and written into the file.
         let overrides: Vec<String> = sets.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        check_config(BASE, &overrides);
-        let mut text = BASE.to_string();
+        let base = base();
+        check_config(&base, &overrides);
+        let mut text = base;
         for (k, v) in &sets {
             let (section, key) = k.split_once('.').unwrap_or(("", k));
             if section.is_empty() {

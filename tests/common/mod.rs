@@ -3,23 +3,12 @@
 
 use std::path::Path;
 
-/// Writes `corpus.txt` and `exp.toml` into `dir`: a one-layer T5 of
-/// width 32 on 300 short sentences, `name` and `steps` as given, and
-/// `extra` TOML appended (further sections).
-pub fn write_tiny_experiment(dir: &Path, name: &str, steps: u64, extra: &str) {
-    let mut text = String::new();
-    for i in 0..300 {
-        text.push_str(&format!(
-            "the {} cat sees the {} dog on day {i}.\n",
-            i % 7,
-            i % 11
-        ));
-    }
-    std::fs::write(dir.join("corpus.txt"), text).unwrap();
-    std::fs::write(
-        dir.join("exp.toml"),
-        format!(
-            r#"name = "{name}"
+/// The tiny experiment's TOML: a one-layer T5 of width 32 reading
+/// `corpus.txt`, `name` and `steps` as given, and `extra` TOML appended
+/// (further sections).
+pub fn tiny_experiment_toml(name: &str, steps: u64, extra: &str) -> String {
+    format!(
+        r#"name = "{name}"
 [model]
 vocab_size = 128
 d_model = 32
@@ -39,7 +28,25 @@ batch_size = 4
 steps = {steps}
 {extra}
 "#
-        ),
+    )
+}
+
+/// Writes `corpus.txt` (300 short sentences) and `exp.toml` (see
+/// [`tiny_experiment_toml`]) into `dir`.
+#[allow(dead_code)]
+pub fn write_tiny_experiment(dir: &Path, name: &str, steps: u64, extra: &str) {
+    let mut text = String::new();
+    for i in 0..300 {
+        text.push_str(&format!(
+            "the {} cat sees the {} dog on day {i}.\n",
+            i % 7,
+            i % 11
+        ));
+    }
+    std::fs::write(dir.join("corpus.txt"), text).unwrap();
+    std::fs::write(
+        dir.join("exp.toml"),
+        tiny_experiment_toml(name, steps, extra),
     )
     .unwrap();
 }
