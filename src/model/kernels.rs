@@ -850,11 +850,18 @@ impl CustomOp2 for BatchedMatMul {
     }
 }
 
+/// `t` as it is when [`BatchedMatMul`] can read its layout, else a
+/// contiguous copy.
+fn foldable(t: &Tensor) -> CResult<Tensor> {
+    if operand(t.layout()).is_some() {
+        Ok(t.clone())
+    } else {
+        t.contiguous()
+    }
+}
+
 fn batched_matmul_raw(a: &Tensor, b: &Tensor) -> CResult<Tensor> {
-    let fold = |t: &Tensor| operand(t.layout()).is_some();
-    let a = if fold(a) { a.clone() } else { a.contiguous()? };
-    let b = if fold(b) { b.clone() } else { b.contiguous()? };
-    a.apply_op2_no_bwd(&b, &BatchedMatMul)
+    foldable(a)?.apply_op2_no_bwd(&foldable(b)?, &BatchedMatMul)
 }
 
 /// `a.matmul(b)` for `[..., m, k] x [..., k, n]` with the same batch dims:
@@ -862,10 +869,7 @@ fn batched_matmul_raw(a: &Tensor, b: &Tensor) -> CResult<Tensor> {
 pub fn batched_matmul(a: &Tensor, b: &Tensor) -> CResult<Tensor> {
     let r = a.rank();
     if fusable(&[a, b]) && r >= 3 && b.rank() == r && a.dims()[..r - 2] == b.dims()[..r - 2] {
-        let fold = |t: &Tensor| operand(t.layout()).is_some();
-        let a = if fold(a) { a.clone() } else { a.contiguous()? };
-        let b = if fold(b) { b.clone() } else { b.contiguous()? };
-        a.apply_op2(&b, BatchedMatMul)
+        foldable(a)?.apply_op2(&foldable(b)?, BatchedMatMul)
     } else {
         a.matmul(b)
     }
